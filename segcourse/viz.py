@@ -1,0 +1,120 @@
+"""Plotting helpers: coloured masks, overlays, prediction grids, training curves, confusion matrices."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+__all__ = ["colorize", "overlay", "to_numpy_image", "show_predictions", "plot_history",
+           "plot_confusion_matrix", "legend_patches"]
+
+IGNORE_COLOUR = np.array([255, 255, 255], dtype=np.uint8)  # ignore pixels show white
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def colorize(mask, palette, ignore_index: int = 255) -> np.ndarray:
+    """Label map ``[H, W]`` -> RGB ``uint8 [H, W, 3]`` using ``palette[class]``; ignore is white."""
+    mask = _np(mask).astype(np.int64)
+    palette = np.asarray(palette, dtype=np.uint8)
+    out = np.empty(mask.shape + (3,), dtype=np.uint8)
+    ignore = mask == ignore_index
+    valid = ~ignore
+    if valid.any() and (mask[valid].min() < 0 or mask[valid].max() >= len(palette)):
+        raise ValueError(f"mask has labels outside the palette's {len(palette)} classes")
+    out[valid] = palette[mask[valid]]
+    out[ignore] = IGNORE_COLOUR
+    return out
+
+
+def to_numpy_image(image) -> np.ndarray:
+    """Image ``[3, H, W]`` (float in [0, 1]) -> ``[H, W, 3]`` float array clipped to [0, 1]."""
+    image = _np(image)
+    if image.ndim == 3 and image.shape[0] in (1, 3):
+        image = image.transpose(1, 2, 0)
+    return np.clip(image.astype(np.float32), 0, 1)
+
+
+def overlay(image, mask, palette, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
+    """Blend the coloured mask over the image (ignore pixels keep the image)."""
+    rgb = to_numpy_image(image)
+    colours = colorize(mask, palette, ignore_index).astype(np.float32) / 255
+    keep = (_np(mask) == ignore_index)[..., None]
+    return np.where(keep, rgb, (1 - alpha) * rgb + alpha * colours)
+
+
+def legend_patches(classes, palette):
+    from matplotlib.patches import Patch
+    return [Patch(color=np.asarray(c) / 255, label=name) for name, c in zip(classes, palette)]
+
+
+def show_predictions(images, masks, preds=None, palette=None, classes=None, max_rows: int = 4,
+                     titles=("image", "ground truth", "prediction")):
+    """A grid: one row per sample, columns image / ground truth / prediction(s).
+
+    ``preds`` may be one label tensor ``[N, H, W]`` or a dict ``{name: labels}`` to compare models.
+    """
+    if palette is None:
+        raise ValueError("show_predictions needs the palette (e.g. dataset.palette)")
+    pred_sets = {} if preds is None else (dict(preds) if isinstance(preds, dict) else {titles[2]: preds})
+    n = min(len(images), max_rows)
+    cols = 2 + len(pred_sets)
+    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n), squeeze=False)
+    for r in range(n):
+        panels = [(titles[0], to_numpy_image(images[r])), (titles[1], colorize(masks[r], palette))]
+        panels += [(name, colorize(p[r], palette)) for name, p in pred_sets.items()]
+        for c, (title, panel) in enumerate(panels):
+            axes[r, c].imshow(panel, interpolation="nearest")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=10)
+    if classes is not None:
+        fig.legend(handles=legend_patches(classes, palette), loc="lower center",
+                   ncol=min(len(classes), 7), fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.05 if classes is not None else 0, 1, 1))
+    return fig
+
+
+def plot_history(history, title: str | None = None):
+    """Training loss (and validation loss / mIoU when present) per epoch."""
+    has_val = bool(history["val_miou"])
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(9 if has_val else 4.5, 3.2), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(history["epoch"], history["train_loss"], marker="o", label="train")
+    if history["val_loss"]:
+        ax.plot(history["epoch"], history["val_loss"], marker="o", label="validation")
+    ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax.legend()
+    if has_val:
+        ax = axes[0, 1]
+        ax.plot(history["epoch"], history["val_miou"], marker="o", color="tab:green")
+        ax.set(xlabel="epoch", ylabel="mIoU", title="validation mIoU", ylim=(0, 1))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(cm, classes=None, normalize: bool = True, ax=None):
+    """Rows = ground truth, columns = prediction; row-normalised (recall) by default."""
+    cm = _np(cm).astype(np.float64)
+    values = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.6 * len(cm) + 2.5, 0.6 * len(cm) + 2))
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    names = classes if classes is not None else [str(i) for i in range(len(cm))]
+    ax.set_xticks(range(len(cm)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(cm)), names)
+    ax.set(xlabel="predicted", ylabel="ground truth")
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            text = f"{values[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if values[i, j] > 0.6 * values.max() else "black")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -1,0 +1,40 @@
+# The course's two commands:
+#   make test   set up .venv, then run the unit tests and every chapter under `pytest --nbval`
+#   make book   set up .venv, then build the rendered book into _build/html
+#
+# Set-up installs torch FIRST, pinned to a CPU build where one is available, so that the
+# `torch>=2.1` requirement of segcourse is already met and pip never pulls a multi-GB CUDA build.
+# On a Linux machine without a local CPU wheel, point pip at PyTorch's CPU index, e.g.
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (On Colab nothing of this runs: torch is already there and the notebooks pip-install segcourse.)
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.segcourse-installed
+
+.PHONY: test unit nbval book venv clean student
+
+test: $(STAMP)
+	$(BIN)/python -m pytest --nbval -p no:cacheprovider
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml -W -n --keep-going
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e ".[test,book,dev]"
+	touch $(STAMP)
+
+clean:
+	rm -rf _build

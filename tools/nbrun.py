@@ -26,7 +26,7 @@ import nbformat
 from nbclient import NotebookClient
 
 _CARRIAGE_RETURN = re.compile(r"[^\n]*\r(?=[^\n])")  # text a later \r on the same line overwrites
-_BACKSPACE = re.compile(r"[^\n]\b")
+_BACKSPACE = re.compile(r"[^\n]\x08")  # a character erased by a backspace
 
 
 def tidy_outputs(nb: nbformat.NotebookNode) -> None:

@@ -15,11 +15,16 @@ What it does, and why:
   final line, so the static book shows the finished bar instead of an empty widget box.
 - **History** of loss and metrics per epoch, and **checkpoints** that round-trip.
 - **Seeded**: with the same seed, data order and dropout are the same on every run.
+- **Several GPUs** (or CPU processes): launched with ``torchrun --nproc_per_node=N``, after
+  :func:`setup_distributed`, ``fit`` wraps the model in ``DistributedDataParallel``, gives each
+  process its own shard of the data (``DistributedSampler``), shows the bar on rank 0 only, and
+  computes validation metrics from the confusion matrix summed over all processes.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
@@ -29,19 +34,44 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from tqdm.std import tqdm
 
 from .metrics import SegmentationMetric
 
 __all__ = ["fit", "evaluate", "predict", "History", "get_device", "seed_everything",
-           "save_checkpoint", "load_checkpoint", "make_loader"]
+           "save_checkpoint", "load_checkpoint", "make_loader", "setup_distributed",
+           "is_distributed"]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def get_device() -> torch.device:
-    """``cuda`` if a GPU is visible, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cuda`` if a GPU is visible (this process's GPU under torchrun), else ``cpu``."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if is_distributed() else torch.cuda.current_device())
+
+
+def setup_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment; return (rank, world).
+
+    NCCL on GPUs, gloo on CPUs. Without torchrun's variables it does nothing and returns (0, 1),
+    so the same script also runs as a single process.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if not is_distributed():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -83,6 +113,14 @@ def make_loader(data, batch_size: int, shuffle: bool, seed: int = 0, **kwargs) -
     if not isinstance(data, Dataset):
         raise ValueError("data must be a Dataset of (image, mask), a DataLoader, or a tuple "
                          f"(images, masks) of tensors; got {type(data).__name__}")
+    if is_distributed():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if shuffle:  # training: every process gets a different, equally long shard per epoch
+            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True,
+                                         seed=seed, drop_last=True)
+            return DataLoader(data, batch_size=batch_size, sampler=sampler, **kwargs)
+        # evaluation: disjoint shards, no padding duplicates; the results are summed later
+        data = Subset(data, range(rank, len(data), world))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, **kwargs)
 
@@ -126,6 +164,10 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int = 5, lr: flo
     loss_fn = loss_fn or _default_loss
     loader = make_loader(train_data, batch_size, shuffle=True, seed=seed)
     model.to(device)
+    net = model  # what the forward pass runs: the model itself, or its DDP wrapper
+    if is_distributed():
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        progress = progress and dist.get_rank() == 0
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total_steps = epochs * len(loader)
@@ -137,6 +179,8 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int = 5, lr: flo
     step = 0
     for epoch in range(1, epochs + 1):
         model.train()
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         start, running, count = time.perf_counter(), 0.0, 0
         for images, target in loader:
             if scheduler == "cosine":
@@ -146,7 +190,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int = 5, lr: flo
             images = images.to(device, non_blocking=True)
             target = target.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
+                logits = net(images)
             loss = loss_fn(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -162,6 +206,8 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int = 5, lr: flo
                                 + (f" val mIoU {history.last('val_miou'):.3f}"
                                    if history.last("val_miou") is not None else ""), refresh=False)
             bar.update()
+        if is_distributed():
+            _average_buffers(model)
         history["epoch"].append(epoch)
         history["train_loss"].append(running / max(count, 1))
         history["lr"].append(optimizer.param_groups[0]["lr"])
@@ -175,9 +221,26 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int = 5, lr: flo
                                 f"val mIoU {scores['miou']:.3f}", refresh=True)
         history["seconds"].append(time.perf_counter() - start)
     bar.close()
-    if checkpoint is not None:
+    if checkpoint is not None and (not is_distributed() or dist.get_rank() == 0):
         save_checkpoint(checkpoint, model, optimizer, epoch=epochs, history=dict(history))
+    if is_distributed():
+        dist.barrier()
     return history
+
+
+@torch.no_grad()
+def _average_buffers(model: nn.Module) -> None:
+    """Average floating buffers (BatchNorm running statistics) over all processes.
+
+    DDP copies rank 0's buffers into every process at the start of each forward pass, but the
+    last forward leaves each process with statistics of its own batch. Averaging them makes
+    every rank hold the same model (and evaluate identically) at the end of an epoch.
+    """
+    world = dist.get_world_size()
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer /= world
 
 
 @torch.no_grad()
@@ -209,7 +272,16 @@ def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
             count += images.shape[0]
     finally:
         model.train(was_training)
-    if metric is None:
+    if is_distributed():  # sum the matrices and losses of every process's shard
+        if metric is None:
+            metric = SegmentationMetric(num_classes, ignore_index)
+        cm = metric.cm.to(device)
+        totals = torch.tensor([total_loss, count], dtype=torch.float64, device=device)
+        dist.all_reduce(cm)
+        dist.all_reduce(totals)
+        metric.cm = cm.cpu()
+        total_loss, count = float(totals[0]), int(totals[1])
+    if metric is None or count == 0:
         raise ValueError("evaluate() got an empty dataset")
     scores = metric.compute()
     scores["loss"] = total_loss / count

@@ -1,6 +1,7 @@
 # The course's two commands:
 #   make test   set up .venv, then run the unit tests and every chapter under `pytest --nbval`
 #   make book   set up .venv, then build the rendered book into _build/html
+# and for instructors: `make student` (chapters without solutions), `make check-book`.
 #
 # Set-up installs torch FIRST, pinned to a CPU build where one is available, so that the
 # `torch>=2.1` requirement of segcourse is already met and pip never pulls a multi-GB CUDA build.
@@ -15,7 +16,7 @@ TORCH_INDEX ?=
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.segcourse-installed
 
-.PHONY: test unit nbval book venv clean student
+.PHONY: test unit book venv clean student check-book
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --nbval -p no:cacheprovider
@@ -36,5 +37,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,book,dev]"
 	touch $(STAMP)
 
+# Chapters for students: solutions replaced by a stub, outputs cleared, written to student/.
+student: $(STAMP)
+	$(BIN)/python tools/student.py notebooks/*.ipynb --out student
+
+# Open every chapter page of the built book in headless Chromium: figures, Colab link, no errors.
+check-book: $(STAMP)
+	$(BIN)/python tools/check_book.py _build/html --screenshots _build/screenshots
+
 clean:
-	rm -rf _build
+	rm -rf _build student

@@ -1,0 +1,109 @@
+"""Measure models side by side: parameters, GFLOPs, CPU latency and mIoU after the same training.
+
+Used by chapter 9 and by ``benchmarks/side_by_side.py`` (which regenerates the chapter's table,
+on a GPU too), so both report numbers measured the same way:
+
+- **parameters**: trainable and frozen, everything in ``model.parameters()``;
+- **GFLOPs**: floating-point operations of one forward pass in eval mode, counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2), for one image;
+- **latency**: median wall time of a forward pass of one image on the CPU, after a warm-up,
+  with the process's current number of threads;
+- **mIoU**: on the validation set after ``fit`` with the same epochs, batch size and learning
+  rate for every model.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import models
+from .train import evaluate, fit, seed_everything
+
+__all__ = ["count_parameters", "gflops", "cpu_latency", "profile", "compare_models", "format_table"]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def gflops(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3) -> float:
+    """GFLOPs of one forward pass on one ``in_channels x H x W`` image (eval mode)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, in_channels, *size, device=device))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+@torch.no_grad()
+def cpu_latency(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3,
+                repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds of a CPU forward pass of one image (the model is copied to the CPU)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.cpu().eval()
+    x = torch.zeros(1, in_channels, *size)
+    try:
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    finally:
+        model.to(device).train(was_training)
+    return statistics.median(times)
+
+
+def profile(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3,
+            repeats: int = 5) -> dict:
+    """``{"params", "gflops", "latency_ms"}`` of a model at one input size."""
+    return {"params": count_parameters(model), "gflops": gflops(model, size, in_channels),
+            "latency_ms": 1000 * cpu_latency(model, size, in_channels, repeats)}
+
+
+def compare_models(names, train_data, val_data, num_classes: int, *, epochs: int = 3,
+                   batch_size: int = 32, lr: float = 1e-3, profile_size: tuple[int, int] = (256, 256),
+                   repeats: int = 3, device=None, seed: int = 0, progress: bool = False,
+                   model_kwargs: dict | None = None) -> list[dict]:
+    """Build, profile and train each registered model with the same budget; one row per model."""
+    rows = []
+    for name in names:
+        seed_everything(seed)
+        model = models.build(name, num_classes=num_classes, **(model_kwargs or {}).get(name, {}))
+        row = {"model": name, **profile(model, profile_size, repeats=repeats)}
+        start = time.perf_counter()
+        fit(model, train_data, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+            progress=progress, seed=seed)
+        row["train_s"] = time.perf_counter() - start
+        scores = evaluate(model, val_data, num_classes)
+        row["miou"] = scores["miou"]
+        row["iou"] = scores["iou"].tolist()
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`compare_models` (or :func:`profile`) rows."""
+    header = f"{'model':<16} {'params':>12} {'GFLOPs':>8} {'CPU ms':>8}"
+    has_training = "miou" in rows[0]
+    if has_training:
+        header += f" {'train s':>8} {'mIoU':>6}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        line = f"{r['model']:<16} {r['params']:>12,} {r['gflops']:>8.2f} {r['latency_ms']:>8.1f}"
+        if has_training:
+            line += f" {r['train_s']:>8.1f} {r['miou']:>6.3f}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -51,3 +51,4 @@ def build(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Mod
 from . import fcn  # noqa: E402,F401  (FCN-32s, FCN-8s)
 from . import unet  # noqa: E402,F401  (U-Net, Attention U-Net)
 from . import segformer  # noqa: E402,F401  (SegFormer-B0..B5)
+from . import setr  # noqa: E402,F401  (SETR-Naive, SETR-PUP)

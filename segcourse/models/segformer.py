@@ -420,5 +420,5 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 @register("segformer")
 def _build_segformer(num_classes: int, in_channels: int = 3, variant: str = "b0",
                      **kwargs) -> SegFormer:
-    """SegFormer-B0 by default (3.7 M parameters with 150 classes); ``variant="b5"`` for B5."""
+    """SegFormer-B0 by default (3.75 M parameters with 150 classes); ``variant="b5"`` for B5."""
     return SegFormer(num_classes, in_channels, variant=variant, **kwargs)

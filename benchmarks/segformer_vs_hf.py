@@ -1,0 +1,79 @@
+"""SegFormer CPU latency: segcourse vs HF transformers on the same weights and the same input.
+
+    python benchmarks/segformer_vs_hf.py                      # B0, 512 x 512 and 256 x 256
+    python benchmarks/segformer_vs_hf.py --variant b2 --sizes 512 --runs 5
+
+Both models are built with random weights (nothing is downloaded); segcourse's is loaded from
+HF's through ``convert_hf_state_dict``, and the script checks that they agree before timing
+them. Both stop at HF's output (logits at 1/4 resolution, before the final upsampling). The
+table shows the median and the fastest of ``--runs`` forward passes after one warm-up, in
+milliseconds, with ``torch.inference_mode``; the two implementations alternate run by run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from segcourse.models.segformer import VARIANTS, SegFormer, convert_hf_state_dict
+
+
+def time_ms(impls: dict, x: torch.Tensor, runs: int) -> dict[str, list[float]]:
+    """Milliseconds per forward pass; the implementations take turns, so a busy machine
+    slows both alike instead of whichever happened to run during the busy spell."""
+    times = {name: [] for name in impls}
+    with torch.inference_mode():
+        for fn in impls.values():
+            fn(x)  # warm-up: allocations, kernel selection
+        for _ in range(runs):
+            for name, fn in impls.items():
+                start = time.perf_counter()
+                fn(x)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="b0", choices=list(VARIANTS))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 256])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    v = VARIANTS[args.variant]
+    config = SegformerConfig(hidden_sizes=list(v.hidden_sizes), depths=list(v.depths),
+                             num_attention_heads=list(v.num_heads), sr_ratios=list(v.sr_ratios),
+                             decoder_hidden_size=v.decoder_width, num_labels=150)
+    torch.manual_seed(0)
+    hf = SegformerForSemanticSegmentation(config).eval()
+    ours = SegFormer(150, variant=args.variant).eval()
+    ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))
+    impls = {"segcourse": ours.forward_quarter,
+             "transformers": lambda x: hf(pixel_values=x).logits}
+
+    print(f"SegFormer-{args.variant.upper()}, 150 classes, batch {args.batch}, "
+          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+          f"{args.runs} runs after a warm-up")
+    header = f"{'input':>9}  {'implementation':<14} {'median ms':>10} {'min ms':>8} {'max |diff|':>11}"
+    print(header)
+    print("-" * len(header))
+    for size in args.sizes:
+        x = torch.randn(args.batch, 3, size, size)
+        with torch.inference_mode():
+            diff = (impls["segcourse"](x) - impls["transformers"](x)).abs().max().item()
+        for name, times in time_ms(impls, x, args.runs).items():
+            print(f"{size:>4}x{size:<4}  {name:<14} {statistics.median(times):>10.1f} "
+                  f"{min(times):>8.1f} {diff:>11.1e}")
+
+
+if __name__ == "__main__":
+    main()

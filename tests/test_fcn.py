@@ -108,7 +108,8 @@ def test_every_output_pixel_is_centred_on_itself(stride, config):
     torch.testing.assert_close(cy[centre, centre], xs[centre, None].expand(16, 16), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("config", [THIN_PAPER, SMALL], ids=["paper-geometry", "small"])
+@pytest.mark.parametrize("config", [THIN_PAPER, replace(SMALL, widths=(2, 4, 8, 16, 16), fc_channels=8)],
+                         ids=["paper-geometry", "small-geometry"])
 def test_fcn8s_fits_every_size_modulo_32(config):
     # Map sizes repeat with period 32 in H; 32..96 covers every residue plus the smallest sizes.
     model = FCN(2, stride=8, config=config).eval()

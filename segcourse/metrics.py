@@ -132,10 +132,16 @@ def _panoptic_segments(labels: torch.Tensor, valid: torch.Tensor, stuff: torch.T
     """Segment index per pixel (-1 where not ``valid``) and each segment's category."""
     labels = labels.clone()
     labels[stuff, 1] = 0  # a stuff class is one segment per image, whatever its instance ids
-    segments, index = torch.unique(labels[valid], dim=0, return_inverse=True)
+    pairs = labels[valid]
     per_pixel = torch.full(valid.shape, -1, dtype=torch.int64, device=labels.device)
+    if pairs.numel() == 0:
+        return per_pixel, pairs[:, 0]
+    # one integer key per (category, instance) pair: a 1-D unique is much faster than unique(dim=0)
+    low = pairs.min(dim=0).values
+    span = int(pairs[:, 1].max() - low[1]) + 1
+    keys, index = torch.unique((pairs[:, 0] - low[0]) * span + (pairs[:, 1] - low[1]), return_inverse=True)
     per_pixel[valid] = index
-    return per_pixel, segments[:, 0]
+    return per_pixel, keys // span + low[0]
 
 
 def panoptic_quality(preds: torch.Tensor, target: torch.Tensor, things, stuffs) -> dict:

@@ -106,3 +106,127 @@ def dilation_explorer(num_layers: int = 3, max_dilation: int = 8):
     redraw()
     return widgets.VBox([widgets.HBox(sliders[:3]), *([widgets.HBox(sliders[3:])]
                                                       if num_layers > 3 else []), out])
+
+
+# --- chapter 8: inference refinements (dense CRF, test-time augmentation) ---------------------
+#
+# crf_figure / tta_figure draw image | ground truth | network | refined, with each prediction's
+# mIoU; crf_explorer / tta_explorer redraw them live from sliders and checkboxes.
+
+__all__ += ["crf_figure", "crf_explorer", "tta_figure", "tta_explorer"]
+
+
+def _label_row(panels, palette, title_size: int = 9):
+    """One row of panels: ``(title, tensor, is_image)``; label maps are coloured with ``palette``."""
+    from .viz import colorize, to_numpy_image
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.5 * len(panels), 2.9))
+    for ax, (title, panel, is_image) in zip(axes, panels):
+        ax.imshow(to_numpy_image(panel) if is_image else colorize(panel, palette), interpolation="nearest")
+        ax.set_title(title, fontsize=title_size)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def _show(fig) -> None:
+    """Display a figure inside an ``ipywidgets.Output`` on any backend, then free it."""
+    from IPython.display import display
+
+    display(fig)
+    plt.close(fig)
+
+
+def crf_figure(image: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, palette, **crf_params):
+    """Image, ground truth, network prediction and dense-CRF prediction, each with its mIoU.
+
+    ``image`` ``[3, H, W]`` in [0, 1] (scaled to 0-255 for the CRF), ``probs`` ``[K, H, W]`` the
+    network's softmax, ``mask`` ``[H, W]``; ``crf_params`` go to :func:`segcourse.crf.dense_crf`.
+    """
+    from .crf import dense_crf
+    from .metrics import mean_iou
+
+    K = probs.shape[0]
+    raw = probs.argmax(0)
+    refined = dense_crf(image * 255, probs, **crf_params).argmax(0)
+    return _label_row([("image", image, True), ("ground truth", mask, False),
+                       (f"network, mIoU {mean_iou(raw[None], mask[None], K):.3f}", raw, False),
+                       (f"+ dense CRF, mIoU {mean_iou(refined[None], mask[None], K):.3f}", refined, False)],
+                      palette)
+
+
+def crf_explorer(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, palette):
+    """Sliders for the dense CRF's iterations, weights and widths on one of ``images`` (live).
+
+    ``images`` ``[N, 3, H, W]`` in [0, 1], ``probs`` ``[N, K, H, W]``, ``masks`` ``[N, H, W]``.
+    Returns an ``ipywidgets.VBox`` that redraws :func:`crf_figure`.
+    """
+    import ipywidgets as widgets                  # only needed for the live explorer
+
+    def slider(kind, value, low, high, step, label):
+        return kind(value=value, min=low, max=high, step=step, description=label, continuous_update=False)
+
+    controls = {
+        "index": slider(widgets.IntSlider, 0, 0, len(images) - 1, 1, "image"),
+        "iterations": slider(widgets.IntSlider, 5, 0, 15, 1, "iterations"),
+        "w_gaussian": slider(widgets.FloatSlider, 3.0, 0.0, 10.0, 0.5, "w smooth"),
+        "theta_gamma": slider(widgets.FloatSlider, 3.0, 0.5, 10.0, 0.5, "θγ (px)"),
+        "w_bilateral": slider(widgets.FloatSlider, 10.0, 0.0, 30.0, 1.0, "w appear"),
+        "theta_alpha": slider(widgets.FloatSlider, 80.0, 2.0, 160.0, 2.0, "θα (px)"),
+        "theta_beta": slider(widgets.FloatSlider, 13.0, 1.0, 80.0, 1.0, "θβ (RGB)"),
+    }
+    out = widgets.Output()
+
+    def redraw(*_):
+        params = {name: c.value for name, c in controls.items()}
+        index = params.pop("index")
+        with out:
+            out.clear_output(wait=True)
+            _show(crf_figure(images[index], probs[index], masks[index], palette, **params))
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    column = list(controls.values())
+    return widgets.VBox([widgets.HBox([widgets.VBox(column[:4]), widgets.VBox(column[4:])]), out])
+
+
+def tta_figure(model, image: torch.Tensor, mask: torch.Tensor, palette,
+               scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True):
+    """Image, ground truth, the plain prediction and the TTA prediction, each with its mIoU."""
+    from .metrics import mean_iou
+    from .tta import tta_predict
+
+    plain = tta_predict(model, image[None], scales=(1.0,), flip=False)[0]
+    averaged = tta_predict(model, image[None], scales=scales, flip=flip)[0]
+    K = plain.shape[0]
+    plain, averaged = plain.argmax(0).cpu(), averaged.argmax(0).cpu()
+    views = f"{len(scales)} scale{'s' if len(scales) > 1 else ''}{' x 2 flips' if flip else ''}"
+    return _label_row([("image", image, True), ("ground truth", mask, False),
+                       (f"plain, mIoU {mean_iou(plain[None], mask[None], K):.3f}", plain, False),
+                       (f"TTA {views}, mIoU {mean_iou(averaged[None], mask[None], K):.3f}", averaged, False)],
+                      palette)
+
+
+def tta_explorer(model, images: torch.Tensor, masks: torch.Tensor, palette,
+                 scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)):
+    """Tick the scales and the flip to average over and watch the TTA prediction change (live)."""
+    import ipywidgets as widgets                  # only needed for the live explorer
+
+    index = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image",
+                              continuous_update=False)
+    boxes = [widgets.Checkbox(value=s == 1.0, description=f"scale {s:g}", indent=False) for s in scales]
+    flip = widgets.Checkbox(value=False, description="flip", indent=False)
+    out = widgets.Output()
+
+    def redraw(*_):
+        chosen = [s for s, box in zip(scales, boxes) if box.value] or [1.0]
+        with out:
+            out.clear_output(wait=True)
+            _show(tta_figure(model, images[index.value], masks[index.value], palette,
+                             scales=chosen, flip=flip.value))
+
+    for control in (index, flip, *boxes):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([index, widgets.HBox(boxes + [flip]), out])

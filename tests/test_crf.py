@@ -139,3 +139,25 @@ def test_bad_input_raises():
             refine(image, probs, theta_beta=0.0)
     with pytest.raises(ValueError, match="odd"):
         conv_crf(image, probs, kernel_size=4)
+
+
+def test_crf_figure_and_explorer():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from segcourse.widgets import crf_explorer, crf_figure
+
+    image, probs = _case(9, K=3, H=8, W=10)
+    image, probs = image.float() / 255, probs.float()
+    mask = probs.argmax(0)                          # the network is right everywhere: mIoU 1
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], dtype=np.uint8)
+    fig = crf_figure(image, probs, mask, palette, iterations=0)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[2] == "network, mIoU 1.000" and titles[3] == "+ dense CRF, mIoU 1.000"
+    plt.close(fig)
+    explorer = crf_explorer(image[None].expand(2, -1, -1, -1), probs[None].expand(2, -1, -1, -1),
+                            mask[None].expand(2, -1, -1), palette)
+    assert len(explorer.children) == 2
+    plt.close("all")

@@ -100,3 +100,23 @@ def test_bad_input_raises():
         tta_predict(net, torch.rand(1, 3, 32, 32), scales=())
     with pytest.raises(ValueError, match="scales"):
         tta_predict(net, torch.rand(1, 3, 32, 32), scales=(1.0, -0.5))
+
+
+def test_tta_figure_and_explorer():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from segcourse.widgets import tta_explorer, tta_figure
+
+    net = nn.Conv2d(3, 2, 1).eval()                 # per-pixel: every view agrees with the plain one
+    image = torch.rand(3, 32, 36)
+    mask = net(image[None]).argmax(1)[0]
+    palette = np.array([[0, 0, 0], [255, 255, 255]], dtype=np.uint8)
+    fig = tta_figure(net, image, mask, palette, scales=(1.0,), flip=True)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[2] == "plain, mIoU 1.000" and titles[3] == "TTA 1 scale x 2 flips, mIoU 1.000"
+    plt.close(fig)
+    assert len(tta_explorer(net, image[None], mask[None], palette).children) == 3
+    plt.close("all")

@@ -181,3 +181,14 @@ def test_batched_nms_is_nms_per_group(seed):
         expected += idx[nms_reference(boxes[idx], scores[idx], 0.5)].tolist()
     expected.sort(key=lambda i: -float(scores[i]))
     assert batched_nms(boxes, scores, groups, 0.5).tolist() == expected
+
+
+def test_roi_align_in_half_precision_computes_in_float32():
+    # Under autocast the features arrive in float16 / bfloat16; like torchvision, RoIAlign then
+    # samples in float32 (box coordinates in half precision would be off by whole pixels).
+    torch.manual_seed(3)
+    x = torch.randn(1, 4, 32, 32)
+    rois = torch.tensor([[0, 100.3, 60.7, 200.9, 120.2]])
+    out = roi_align(x.bfloat16(), rois, 7, 1 / 8, 2, True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, roi_align(x.bfloat16().float(), rois, 7, 1 / 8, 2, True).bfloat16())

@@ -191,6 +191,9 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
     Returns: ``[K, C, out_h, out_w]``.
     """
     check_images(input, name="roi_align input")
+    if input.dtype in (torch.float16, torch.bfloat16):  # as torchvision under autocast: in float32
+        return roi_align(input.float(), boxes, output_size, spatial_scale, sampling_ratio,
+                         aligned).to(input.dtype)
     rois = _as_rois(boxes, input)
     N, C, H, W = input.shape
     PH, PW = _pair(output_size)

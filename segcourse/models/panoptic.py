@@ -17,15 +17,19 @@ any object; the instance branch says which object. Panoptic fusion turns both in
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .maskrcnn import PAPER, MaskRCNN, MaskRCNNConfig, _check_targets
+from ..metrics import panoptic_quality
+from .maskrcnn import (PAPER, MaskRCNN, MaskRCNNConfig, _check_targets, mask_average_precision,
+                       targets_from_samples)
 
-__all__ = ["VOID", "SemanticFPNHead", "panoptic_fusion", "PanopticFPN", "panoptic_fpn"]
+__all__ = ["VOID", "SemanticFPNHead", "panoptic_fusion", "PanopticFPN", "panoptic_fpn",
+           "shapes_batches", "train_instances", "panoptic_target", "evaluate_panoptic"]
 
 VOID = -1  # category of pixels that fusion leaves unlabelled; instance id 0
 
@@ -193,32 +197,92 @@ def panoptic_fpn(thing_classes, stuff_classes, paper: bool = False, **overrides)
     return PanopticFPN(thing_classes, stuff_classes, replace(config, **overrides), **head)
 
 
+def shapes_batches(dataset, batch_size: int, thing_classes=None):
+    """``(images, targets)`` batches over a ``ShapesDataset`` in index order, each scene once."""
+    thing_classes = dataset.thing_classes if thing_classes is None else thing_classes
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset.sample(i) for i in range(start, min(start + batch_size, len(dataset)))]
+        yield torch.stack([s.image for s in samples]), targets_from_samples(samples, thing_classes)
+
+
+def train_instances(model: nn.Module, batches, iterations: int, lr: float = 2e-3,
+                    weight_decay: float = 1e-4, warmup: int = 100, device=None, amp: bool | None = None,
+                    log_every: int = 50) -> list[dict]:
+    """Train a Mask R-CNN or Panoptic FPN on ``(images, targets)`` batches; returns a log.
+
+    ``segcourse.train.fit`` trains models that map images to logits with one loss; detection
+    models take targets and return several losses, so they get this small loop: AdamW, linear
+    warm-up then cosine decay per iteration, mixed precision on CUDA (``amp=None``: when on a
+    GPU). ``batches`` is any iterable yielding at least ``iterations`` batches.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    amp = (device.type == "cuda") if amp is None else amp
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = min(warmup, iterations // 10)
+
+    def lr_factor(it):  # linear warm-up, then cosine decay to zero
+        if it < warmup:
+            return (it + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (it - warmup) / max(iterations - warmup, 1)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    log, start, cpu_start = [], time.perf_counter(), time.process_time()
+    batches = iter(batches)
+    for it in range(iterations):
+        images, targets = next(batches)
+        images = images.to(device)
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        if it % log_every == 0 or it == iterations - 1:
+            row = {"iteration": it, "loss": round(loss.item(), 4),
+                   **{k: round(v.item(), 4) for k, v in losses.items()},
+                   "seconds": round(time.perf_counter() - start, 1),
+                   "cpu_seconds": round(time.process_time() - cpu_start, 1)}
+            log.append(row)
+            print(f"iteration {it:5d}  loss {row['loss']:.3f}  "
+                  + "  ".join(f"{k[5:]} {v:.3f}" for k, v in row.items() if k.startswith("loss_")), flush=True)
+    model.eval()
+    return log
+
+
+def panoptic_target(target: dict) -> torch.Tensor:
+    """The ``[H, W, 2]`` ground truth of one target dict: (``semantic`` class, object index + 1)."""
+    instance = torch.zeros_like(target["semantic"])
+    for k, mask in enumerate(target["masks"]):
+        instance[mask.bool()] = k + 1
+    return torch.stack([target["semantic"], instance], dim=-1)
+
+
 @torch.no_grad()
-def evaluate_panoptic(model: PanopticFPN, dataset, batch_size: int = 16, device=None) -> dict:
-    """Mask AP@0.5 of the instance branch and PQ of the fused output on a ``ShapesDataset``.
+def evaluate_panoptic(model: PanopticFPN, batches, device=None) -> dict:
+    """Mask AP@0.5 of the instance branch and PQ of the fused output over ``(images, targets)``
+    batches (e.g. ``shapes_batches(dataset, 16)``); targets as for training.
 
     Returns ``{"mask_ap50", "pq", "sq", "rq", "pq_things", "pq_stuff", "predictions"}`` (the
     per-image outputs, on the CPU, for plotting).
     """
-    from ..metrics import panoptic_quality
-    from .maskrcnn import mask_average_precision, targets_from_samples
-
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    predictions, targets, panoptic = [], [], []
+    predictions, targets = [], []
     try:
-        for start in range(0, len(dataset), batch_size):
-            samples = [dataset.sample(i) for i in range(start, min(start + batch_size, len(dataset)))]
-            images = torch.stack([s.image for s in samples]).to(device)
-            for out in model(images):
-                predictions.append({k: v.cpu() for k, v in out.items()})
-            targets += targets_from_samples(samples, model.thing_classes)
-            panoptic += [torch.stack([s.mask, s.instances], dim=-1) for s in samples]
+        for images, batch_targets in batches:
+            predictions += [{k: v.cpu() for k, v in out.items()} for out in model(images.to(device))]
+            targets += batch_targets
     finally:
         model.train(was_training)
     ap = mask_average_precision(predictions, targets, iou_threshold=0.5)
-    pq = panoptic_quality(torch.stack([p["panoptic"] for p in predictions]), torch.stack(panoptic),
+    pq = panoptic_quality(torch.stack([p["panoptic"] for p in predictions]),
+                          torch.stack([panoptic_target(t) for t in targets]),
                           model.thing_classes, model.stuff_classes)
     return {"mask_ap50": ap["ap"], "pq": pq["pq"], "sq": pq["sq"], "rq": pq["rq"],
             "pq_things": pq["things"]["pq"], "pq_stuff": pq["stuff"]["pq"], "predictions": predictions}

@@ -413,8 +413,11 @@ class RegionProposalNetwork(nn.Module):
         pre, post = self.pre_nms_top_n[mode], self.post_nms_top_n[mode]
         proposals = []
         for b in range(logits.shape[0]):
-            keep = torch.cat([torch.where(level == i)[0][logits[b, level == i].topk(
-                min(pre, int((level == i).sum()))).indices] for i in level.unique().tolist()])
+            keep = []
+            for i in level.unique().tolist():  # the `pre` best anchors of each level
+                index = torch.where(level == i)[0]
+                keep.append(index[logits[b, index].topk(min(pre, len(index))).indices])
+            keep = torch.cat(keep)
             boxes = clip_boxes(decode_boxes(deltas[b, keep], anchors[keep])[:, 0], image_size)
             scores, lvl = torch.sigmoid(logits[b, keep]), level[keep]
             ok = _remove_small(boxes, 1e-3)

@@ -155,10 +155,11 @@ def crf_figure(image: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, pal
                       palette)
 
 
-def crf_explorer(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, palette):
+def crf_explorer(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, palette, **start):
     """Sliders for the dense CRF's iterations, weights and widths on one of ``images`` (live).
 
-    ``images`` ``[N, 3, H, W]`` in [0, 1], ``probs`` ``[N, K, H, W]``, ``masks`` ``[N, H, W]``.
+    ``images`` ``[N, 3, H, W]`` in [0, 1], ``probs`` ``[N, K, H, W]``, ``masks`` ``[N, H, W]``;
+    ``start`` sets sliders' initial values by parameter name (default: ``dense_crf``'s defaults).
     Returns an ``ipywidgets.VBox`` that redraws :func:`crf_figure`.
     """
     import ipywidgets as widgets                  # only needed for the live explorer
@@ -175,6 +176,11 @@ def crf_explorer(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor,
         "theta_alpha": slider(widgets.FloatSlider, 80.0, 2.0, 160.0, 2.0, "θα (px)"),
         "theta_beta": slider(widgets.FloatSlider, 13.0, 1.0, 80.0, 1.0, "θβ (RGB)"),
     }
+    unknown = set(start) - set(controls)
+    if unknown:
+        raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)}; choose from {sorted(controls)}")
+    for name, value in start.items():
+        controls[name].value = value
     out = widgets.Output()
 
     def redraw(*_):

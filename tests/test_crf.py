@@ -160,4 +160,8 @@ def test_crf_figure_and_explorer():
     explorer = crf_explorer(image[None].expand(2, -1, -1, -1), probs[None].expand(2, -1, -1, -1),
                             mask[None].expand(2, -1, -1), palette)
     assert len(explorer.children) == 2
+    theta = crf_explorer(image[None], probs[None], mask[None], palette, theta_alpha=5.0)
+    assert theta.children[0].children[1].children[1].value == 5.0   # second column: w appear, θα
+    with pytest.raises(ValueError, match="unknown CRF parameter"):
+        crf_explorer(image[None], probs[None], mask[None], palette, theta=1.0)
     plt.close("all")

@@ -142,7 +142,7 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_g
     bounds = [(start, min(start + chunk, N)) for start in range(0, N, chunk)]
 
     def appearance_rows(start: int, stop: int) -> torch.Tensor:             # [stop - start, N]
-        kernel = torch.exp(a[start:stop] @ b.T)
+        kernel = (a[start:stop] @ b.T).exp_()                                # in place: one block in memory
         rows = torch.arange(stop - start, device=kernel.device)
         kernel[rows, rows + start] = 0                                        # the sum runs over j != i
         return kernel

@@ -71,10 +71,12 @@ def plot_receptive_field(dilations: Sequence[int], size: int | None = None, ax=N
     seen = paths > 0
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")   # masked = holes: light grey
     ax.imshow(np.ma.masked_where(~seen, np.log1p(paths)), cmap=cmap, interpolation="nearest")
-    side = paths.shape[0]
+    extent = receptive_field_extent(dilations)
+    corner = (paths.shape[0] - extent) / 2 - 0.5                # outline the receptive field
+    ax.add_patch(plt.Rectangle((corner, corner), extent, extent, fill=False, color="k", lw=1))
     ax.set_xticks([]), ax.set_yticks([])
-    ax.set_title(f"rates {tuple(dilations)}: {side}x{side} window,\n"
-                 f"{int(seen.sum())} of {side * side} pixels seen", fontsize=9)
+    ax.set_title(f"rates {tuple(dilations)}: {extent}x{extent} receptive field,\n"
+                 f"{int(seen.sum())} of {extent * extent} pixels seen", fontsize=9)
     return ax.figure
 
 

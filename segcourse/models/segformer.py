@@ -317,10 +317,10 @@ class SegFormer(nn.Module):
 
     def forward_quarter(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at 1/4 resolution, as the decoder makes them (HF's ``outputs.logits``)."""
+        check_images(x, self.in_channels, min_size=32)
         return self.decoder(list(self.encoder(x).values()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_channels, min_size=32)
         return upsample_like(self.forward_quarter(x), x.shape[-2:])  # (B, K, H, W)
 
 

@@ -260,6 +260,10 @@ def test_panoptic_fpn_train_mode(model):
     losses = model.train()(torch.stack([s.image for s in samples]), targets_from_samples(samples, ds.thing_classes))
     assert "loss_semantic" in losses and len(losses) == 6
     assert all(torch.isfinite(v) for v in losses.values())
+    targets = targets_from_samples(samples, ds.thing_classes)
+    del targets[0]["semantic"]
+    with pytest.raises(ValueError, match="'semantic'"):
+        model.train()(torch.stack([s.image for s in samples]), targets)
 
 
 @pytest.mark.parametrize("size", [(97, 131), (33, 47)])

@@ -167,6 +167,9 @@ class PanopticFPN(nn.Module):
         logits = self.semantic_logits(pyramid, (H, W))
         if self.training:
             _check_targets(targets, images, self.mask_rcnn.config.num_classes)
+            if any("semantic" not in t for t in targets):
+                raise ValueError("Panoptic FPN targets need 'semantic', the [H, W] class map of the "
+                                 "image (255 = ignore), for the stuff head")
             _, losses = self.mask_rcnn.instances(pyramid, (H, W), targets)
             semantic = torch.stack([t["semantic"] for t in targets]).to(images.device)
             labels = self.semantic_lookup[semantic.clamp(0, 255)]

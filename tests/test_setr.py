@@ -98,6 +98,14 @@ def test_encoder_parameter_counts_match_hf_vit(name):
         assert count(ours) == 85_798_656
 
 
+@pytest.mark.parametrize("name", ["setr_naive", "setr_pup"])
+def test_registry_paper_switch_builds_vit_l16(name):
+    with torch.device("meta"):
+        assert build(name, 19).config == ENCODERS["small"]
+        assert build(name, 19, paper=True).config == ENCODERS["vit_l16"]
+        assert build(name, 19, encoder="vit_b16").config == ENCODERS["vit_b16"]
+
+
 def test_decoder_parameter_counts_by_hand():
     D, C, K = 1024, 256, 150  # ViT-L width, decoder width, ADE20K classes
     # naive: 1x1 conv D->C (no bias, BN follows) + BN (2C) + 1x1 conv C->K with bias

@@ -26,8 +26,9 @@ Inputs whose sides are not multiples of P are zero-padded at the bottom/right (m
 "corner" padding) and the logits cropped back, so any H, W >= 32 works.
 
 Sizes: ``encoder="small"`` (1.8 M parameters, 8x8 patches) trains on a CPU;
-``encoder="vit_b16"`` is ViT-B/16 and ``"vit_l16"`` ViT-L/16, the paper's encoder. ImageNet
-weights from HF transformers load with :func:`convert_hf_vit_state_dict`.
+``encoder="vit_b16"`` is ViT-B/16 and ``"vit_l16"`` ViT-L/16, the paper's encoder
+(``build("setr_pup", K, paper=True)``). ImageNet weights from HF transformers load with
+:func:`convert_hf_vit_state_dict`.
 """
 
 from __future__ import annotations
@@ -288,14 +289,16 @@ def convert_hf_vit_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, 
 
 
 @register("setr_naive")
-def _build_setr_naive(num_classes: int, in_channels: int = 3, encoder: str = "small",
-                      **kwargs) -> SETR:
-    """SETR-Naive; the small CPU encoder by default, ``encoder="vit_l16"`` for the paper's."""
-    return SETR(num_classes, in_channels, decoder="naive", encoder=encoder, **kwargs)
+def _build_setr_naive(num_classes: int, in_channels: int = 3, paper: bool = False,
+                      encoder: str | ViTConfig | None = None) -> SETR:
+    """SETR-Naive; the small CPU encoder by default, ``paper=True`` for the paper's ViT-L/16."""
+    encoder = encoder or ("vit_l16" if paper else "small")
+    return SETR(num_classes, in_channels, decoder="naive", encoder=encoder)
 
 
 @register("setr_pup")
-def _build_setr_pup(num_classes: int, in_channels: int = 3, encoder: str = "small",
-                    **kwargs) -> SETR:
-    """SETR-PUP; the small CPU encoder by default, ``encoder="vit_l16"`` for the paper's."""
-    return SETR(num_classes, in_channels, decoder="pup", encoder=encoder, **kwargs)
+def _build_setr_pup(num_classes: int, in_channels: int = 3, paper: bool = False,
+                    encoder: str | ViTConfig | None = None) -> SETR:
+    """SETR-PUP; the small CPU encoder by default, ``paper=True`` for the paper's ViT-L/16."""
+    encoder = encoder or ("vit_l16" if paper else "small")
+    return SETR(num_classes, in_channels, decoder="pup", encoder=encoder)

@@ -9,8 +9,8 @@ Registry-driven: a family that registers a model appears here without editing th
 GFLOPs count one forward pass of one image in eval mode (``torch.utils.flop_counter``; a
 multiply-add is 2 FLOPs); latency is the median of ``--repeats`` timed forward passes of one image
 after a warm-up, with ``torch.set_num_threads(--threads)``. Both come from
-``segcourse.benchmark.profile``, which chapter 9 uses too. ``--paper`` adds a row built with
-``paper=True`` for every builder that has that switch (others are noted: their registry default
+``segcourse.benchmark.profile``, which chapter 9 uses too. ``--paper`` adds a row (marked ``*``)
+built with ``paper=True`` for every builder that has that switch (others are noted: their registry default
 may already be a published configuration, or they take a different keyword).
 """
 
@@ -51,7 +51,7 @@ def main() -> None:
         configs = [("", {})]
         if args.paper:
             if paper_switch(name):
-                configs.append((" (paper)", {"paper": True}))
+                configs.append(("*", {"paper": True}))
             else:
                 notes.append(f"{name}: no paper= switch; see its builder's docstring")
         for suffix, kwargs in configs:
@@ -65,6 +65,8 @@ def main() -> None:
           f"{torch.get_num_threads()} CPU thread(s), torch {torch.__version__}; "
           f"latency = median of {args.repeats} forward passes")
     print(format_table(rows))
+    if args.paper:
+        print("* paper configuration (paper=True)")
     for note in notes:
         print("note:", note)
 

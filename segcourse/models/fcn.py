@@ -274,8 +274,8 @@ def load_vgg16_weights(model: FCN, state_dict: dict | None = None, progress: boo
         url = VGG16_BN_URL if model.config.batch_norm else VGG16_URL
         state_dict = torch.hub.load_state_dict_from_url(url, progress=progress)
     own = model.state_dict()
-    renamed = {"classifier.0.weight": "classifier.fc6.weight", "classifier.0.bias": "classifier.fc6.bias",
-               "classifier.3.weight": "classifier.fc7.weight", "classifier.3.bias": "classifier.fc7.bias"}
+    renamed = {f"classifier.{i}.{p}": f"classifier.{fc}.{p}"  # torchvision index -> our name
+               for i, fc in ((0, "fc6"), (3, "fc7")) for p in ("weight", "bias")}
     mapped = {}
     for key, value in state_dict.items():
         if key.startswith("features."):

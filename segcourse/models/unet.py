@@ -50,7 +50,8 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
         mid_channels = mid_channels or out_channels
-        super().__init__(ConvBNReLU(in_channels, mid_channels), ConvBNReLU(mid_channels, out_channels))
+        super().__init__(ConvBNReLU(in_channels, mid_channels),
+                         ConvBNReLU(mid_channels, out_channels))
 
 
 class Down(nn.Sequential):
@@ -86,7 +87,8 @@ class Up(nn.Module):
         self.bilinear = bilinear
         if bilinear:
             self.up = None
-            self.conv = DoubleConv(in_channels + skip_channels, out_channels, mid_channels=skip_channels)
+            self.conv = DoubleConv(in_channels + skip_channels, out_channels,
+                                   mid_channels=skip_channels)
         else:
             self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
             self.conv = DoubleConv(in_channels // 2 + skip_channels, out_channels)
@@ -112,11 +114,13 @@ class AttentionGate(nn.Module):
         self.theta = nn.Conv2d(skip_channels, inter, kernel_size=2, stride=2, bias=False)  # W_x
         self.phi = nn.Conv2d(gating_channels, inter, kernel_size=1)  # W_g (its bias is b_g)
         self.psi = nn.Conv2d(inter, 1, kernel_size=1)
-        self.out = nn.Sequential(nn.Conv2d(skip_channels, skip_channels, 1), nn.BatchNorm2d(skip_channels))
+        self.out = nn.Sequential(nn.Conv2d(skip_channels, skip_channels, 1),
+                                 nn.BatchNorm2d(skip_channels))
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         theta_x = self.theta(x)  # (B, F_int, H // 2, W // 2): the gating grid
-        phi_g = F.interpolate(self.phi(g), size=theta_x.shape[-2:], mode="bilinear", align_corners=False)
+        phi_g = F.interpolate(self.phi(g), size=theta_x.shape[-2:], mode="bilinear",
+                              align_corners=False)
         alpha = torch.sigmoid(self.psi(F.relu(theta_x + phi_g)))  # (B, 1, H // 2, W // 2)
         # Resample to the skip's *size*: a "x2" upsampling gives 2 * (H // 2) != H when H is odd.
         alpha = F.interpolate(alpha, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -207,7 +211,8 @@ def unet(num_classes: int, in_channels: int = 3, paper: bool = False, **kwargs) 
 
 
 @register("attention_unet")
-def attention_unet(num_classes: int, in_channels: int = 3, paper: bool = False, **kwargs) -> AttentionUNet:
+def attention_unet(num_classes: int, in_channels: int = 3, paper: bool = False,
+                   **kwargs) -> AttentionUNet:
     """Attention U-Net; default 16 base channels (CPU), ``paper=True`` for 64."""
     kwargs.setdefault("base_channels", 64 if paper else 16)
     return AttentionUNet(num_classes, in_channels, **kwargs)

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segcourse.models import build
-from segcourse.models.fcn import (FCN, PAPER, SMALL, FCNConfig, VGG16Features, bilinear_kernel,
+from segcourse.models.fcn import (FCN, SMALL, FCNConfig, VGG16Features, bilinear_kernel,
                                   bilinear_upsampling, crop_offsets, load_vgg16_weights)
 
 # VGG16's geometry (first_pad=100, 7 x 7 fc6) with 1/32 of its channels: the same map sizes and

@@ -10,6 +10,8 @@ on a GPU too), so both report numbers measured the same way:
   with the process's current number of threads;
 - **mIoU**: on the validation set after ``fit`` with the same epochs, batch size and learning
   rate for every model.
+
+:data:`CPU_BUDGET` is the chapter's laptop budget; the script's defaults are the same numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import models
 from .train import evaluate, fit, seed_everything
 
-__all__ = ["count_parameters", "gflops", "cpu_latency", "profile", "compare_models", "format_table"]
+__all__ = ["CPU_BUDGET", "count_parameters", "gflops", "gflops_by_module", "cpu_latency", "profile",
+           "compare_models", "format_table"]
+
+# The shared budget of chapter 9 on a 2-core CPU (about a minute for all nine models): few
+# images but many small steps, which teaches a model more per second than a few large batches.
+CPU_BUDGET = dict(train_samples=256, val_samples=100, size=64, epochs=2, batch_size=8, lr=2e-3)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -43,6 +50,32 @@ def gflops(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: in
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 1e9
+
+
+@torch.no_grad()
+def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
+                     in_channels: int = 3) -> dict[str, float]:
+    """GFLOPs of one forward pass per direct child of ``model`` (in order of definition).
+
+    A child called several times (a shared head, an attention gate) is counted every time;
+    FLOPs of operations outside any child (a functional ``interpolate`` in ``forward``) appear
+    under ``"(own)"`` so the parts always add up to :func:`gflops`.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with FlopCounterMode(display=False, depth=2) as counter:
+            model(torch.zeros(1, in_channels, *size, device=device))
+    finally:
+        model.train(was_training)
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    parts = {name: counts.get(f"{root}.{name}", 0) / 1e9 for name, _ in model.named_children()}
+    own = counter.get_total_flops() / 1e9 - sum(parts.values())
+    if own > 0:
+        parts["(own)"] = own
+    return parts
 
 
 @torch.no_grad()
@@ -76,9 +109,13 @@ def profile(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: i
 def compare_models(names, train_data, val_data, num_classes: int, *, epochs: int = 3,
                    batch_size: int = 32, lr: float = 1e-3, profile_size: tuple[int, int] = (256, 256),
                    repeats: int = 3, device=None, seed: int = 0, progress: bool = False,
-                   model_kwargs: dict | None = None) -> list[dict]:
-    """Build, profile and train each registered model with the same budget; one row per model."""
-    rows = []
+                   model_kwargs: dict | None = None, return_models: bool = False):
+    """Build, profile and train each registered model with the same budget; one row per model.
+
+    Every model starts from the same seed and sees the same batches in the same order. With
+    ``return_models=True`` it returns ``(rows, {name: trained model})``.
+    """
+    rows, trained = [], {}
     for name in names:
         seed_everything(seed)
         model = models.build(name, num_classes=num_classes, **(model_kwargs or {}).get(name, {}))
@@ -91,7 +128,9 @@ def compare_models(names, train_data, val_data, num_classes: int, *, epochs: int
         row["miou"] = scores["miou"]
         row["iou"] = scores["iou"].tolist()
         rows.append(row)
-    return rows
+        if return_models:
+            trained[name] = model
+    return (rows, trained) if return_models else rows
 
 
 def format_table(rows: list[dict]) -> str:

@@ -6,7 +6,11 @@ plotting function first, then the widget in a cell the book does not render.
 - :func:`receptive_field_map` -- which input pixels reach one output pixel of a stack of dilated
   3x3 convolutions, and through how many paths; computed by backpropagation, not drawn by hand.
 - :func:`plot_receptive_field` -- that map as a figure (holes in grey).
-- :func:`dilation_explorer` -- sliders for the dilation rates, redrawing the figure.
+- :func:`dilation_explorer` -- sliders for the dilation rates, redrawing the figure (chapter 4).
+- :func:`crf_figure` / :func:`crf_explorer` -- image, ground truth, network and dense-CRF
+  prediction; sliders for the CRF's kernel widths, weights and iterations (chapter 8).
+- :func:`tta_figure` / :func:`tta_explorer` -- the plain and the test-time-augmented prediction;
+  checkboxes for the scales and the flip (chapter 8).
 """
 
 from __future__ import annotations
@@ -86,7 +90,6 @@ def dilation_explorer(num_layers: int = 3, max_dilation: int = 8):
     Returns an ``ipywidgets.VBox``; display it in a notebook with a running kernel.
     """
     import ipywidgets as widgets                  # only needed for the live explorer
-    from IPython.display import display
 
     if num_layers < 1 or max_dilation < 1:
         raise ValueError("num_layers and max_dilation must be >= 1")
@@ -99,9 +102,7 @@ def dilation_explorer(num_layers: int = 3, max_dilation: int = 8):
     def redraw(*_):
         with out:
             out.clear_output(wait=True)
-            fig = plot_receptive_field([s.value for s in sliders], size=size)
-            display(fig)
-            plt.close(fig)                        # shown once, by display, not again by pyplot
+            _show(plot_receptive_field([s.value for s in sliders], size=size))
 
     for s in sliders:
         s.observe(redraw, names="value")

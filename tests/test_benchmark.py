@@ -1,9 +1,18 @@
 """segcourse.benchmark: counts checked against hand-computed values."""
 
-import pytest
-import torch.nn as nn
+import csv
+import importlib.util
+from pathlib import Path
 
-from segcourse.benchmark import count_parameters, cpu_latency, format_table, gflops, profile
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from segcourse.benchmark import (compare_models, count_parameters, cpu_latency, format_table,
+                                 gflops, gflops_by_module, profile)
+from segcourse.data import ShapesDataset
+from segcourse.metrics import mean_iou
 
 
 def test_parameters_and_flops_of_one_conv_by_hand():
@@ -26,3 +35,66 @@ def test_latency_and_table():
     row = {"model": "conv", **profile(net, (32, 32), repeats=2)}
     table = format_table([row])
     assert "conv" in table and f"{count_parameters(net):,}" in table
+
+
+def test_flops_by_module_by_hand_and_they_add_up():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    parts = gflops_by_module(net, size=(10, 20))
+    assert list(parts) == ["0", "1", "2"]
+    assert parts["0"] == pytest.approx(2 * 8 * 3 * 9 * 200 / 1e9)
+    assert parts["1"] == 0
+    assert parts["2"] == pytest.approx(2 * 4 * 8 * 200 / 1e9)
+    assert sum(parts.values()) == pytest.approx(gflops(net, (10, 20)))
+
+
+class _StemThenFunctionalHead(nn.Module):
+    """A child module plus a convolution called functionally in forward (no child owns it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 1)
+        self.head_weight = nn.Parameter(torch.randn(2, 6, 1, 1))
+
+    def forward(self, x):
+        return F.conv2d(self.stem(x), self.head_weight)
+
+
+def test_flops_outside_children_are_reported_as_own():
+    parts = gflops_by_module(_StemThenFunctionalHead(), size=(8, 8))
+    assert parts["stem"] == pytest.approx(2 * 6 * 3 * 64 / 1e9)
+    assert parts["(own)"] == pytest.approx(2 * 2 * 6 * 64 / 1e9)
+
+
+def test_compare_models_same_budget_is_reproducible_and_returns_trained_models():
+    train, val = ShapesDataset(8, size=32, seed=0), ShapesDataset(4, size=32, seed=1)
+    budget = dict(epochs=1, batch_size=4, lr=1e-3, profile_size=(32, 32), repeats=1)
+    rows, trained = compare_models(["deeplabv3", "fcn8s"], train, val, 5, return_models=True, **budget)
+    assert [r["model"] for r in rows] == ["deeplabv3", "fcn8s"] == list(trained)
+    for r in rows:
+        assert set(r) >= {"params", "gflops", "latency_ms", "train_s", "miou", "iou"}
+        assert r["params"] == count_parameters(trained[r["model"]])
+        assert 0 <= r["miou"] <= 1 and len(r["iou"]) == 5
+        # the row's mIoU is the trained model's, recomputed independently from its predictions
+        images, masks = val.tensors()
+        with torch.no_grad():
+            pred = trained[r["model"]].eval()(images).argmax(1)
+        assert r["miou"] == pytest.approx(mean_iou(pred, masks, 5), abs=1e-6)
+    again = compare_models(["deeplabv3"], train, val, 5, **budget)
+    assert again[0]["miou"] == pytest.approx(rows[0]["miou"], abs=1e-6)   # same seed, same result
+
+
+def test_side_by_side_script_prints_the_table_and_writes_csv(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "side_by_side", Path(__file__).parents[1] / "benchmarks" / "side_by_side.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out_csv = tmp_path / "rows.csv"
+    rows = script.main(["--models", "deeplabv3plus", "--samples", "4", "--val-samples", "2",
+                        "--size", "32", "--epochs", "1", "--repeats", "1", "--csv", str(out_csv)])
+    printed = capsys.readouterr().out
+    assert "deeplabv3plus" in printed and "mIoU" in printed and f"{rows[0]['params']:,}" in printed
+    with open(out_csv) as f:
+        (record,) = list(csv.DictReader(f))
+    assert record["model"] == "deeplabv3plus" and "iou_triangle" in record
+    with pytest.raises(SystemExit):
+        script.main(["--models", "no_such_model"])

@@ -11,7 +11,9 @@ After execution the outputs are tidied so they read well in the book and on GitH
   stored as its final state instead of hundreds of partial redraws;
 - execution timing metadata and widget state are dropped (they change on every run).
 
-It prints one row per notebook with its wall time: the course's timing table.
+It prints one row per notebook with its wall time: the course's timing table. With
+``--time-only`` the notebooks are executed and timed but not rewritten (to measure a machine
+without touching the stored outputs).
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ def tidy_outputs(nb: nbformat.NotebookNode) -> None:
     nb.metadata.pop("widgets", None)
 
 
-def run_notebook(path: Path, timeout: int = 600) -> float:
+def run_notebook(path: Path, timeout: int = 600, write: bool = True) -> float:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
+    if not write:
+        return elapsed
     tidy_outputs(nb)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nbformat.write(nb, path)
@@ -69,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument("--time-only", action="store_true",
+                        help="execute and time, but do not store the outputs")
     args = parser.parse_args(argv)
     rows = []
     for path in args.notebooks:
         print(f"running {path} ...", flush=True)
-        rows.append((path.name, run_notebook(path, args.timeout)))
+        rows.append((path.name, run_notebook(path, args.timeout, write=not args.time_only)))
     width = max(len(name) for name, _ in rows)
     print(f"\n{'notebook':<{width}}  seconds")
     for name, seconds in rows:

@@ -5,7 +5,8 @@ on a GPU too), so both report numbers measured the same way:
 
 - **parameters**: trainable and frozen, everything in ``model.parameters()``;
 - **GFLOPs**: floating-point operations of one forward pass in eval mode, counted by
-  ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2), for one image;
+  ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2), for one image,
+  attention included on every device (see :func:`_flop_counter`);
 - **latency**: median wall time of a forward pass of one image on the CPU, after a warm-up,
   with the process's current number of threads;
 - **mIoU**: on the validation set after ``fit`` with the same epochs, batch size and learning
@@ -34,6 +35,33 @@ __all__ = ["CPU_BUDGET", "count_parameters", "gflops", "gflops_by_module", "cpu_
 CPU_BUDGET = dict(train_samples=256, val_samples=100, size=64, epochs=2, batch_size=8, lr=2e-3)
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """``softmax(q k^T) v`` as two batched matrix products: 2 b h n m (d + d_v) FLOPs."""
+    *batch, n, d = query_shape
+    m, d_v = key_shape[-2], value_shape[-1]
+    heads = 1
+    for size in batch:
+        heads *= size
+    return 2 * heads * n * m * d + 2 * heads * n * m * d_v
+
+
+def _flop_counter() -> FlopCounterMode:
+    """A FLOP counter that also counts fused attention on the CPU.
+
+    ``F.scaled_dot_product_attention`` on CPU tensors dispatches to one fused kernel that
+    PyTorch's counter has no formula for, so it silently counts 0 FLOPs for every attention
+    layer (the CUDA kernels and the decomposed version on the meta device are counted).
+    """
+    cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {cpu_attention: _sdpa_flops} if cpu_attention is not None else {}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a module without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -43,9 +71,9 @@ def gflops(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: in
     """GFLOPs of one forward pass on one ``in_channels x H x W`` image (eval mode)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = _device(model)
     try:
-        with FlopCounterMode(display=False) as counter:
+        with _flop_counter() as counter:
             model(torch.zeros(1, in_channels, *size, device=device))
     finally:
         model.train(was_training)
@@ -63,9 +91,9 @@ def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = _device(model)
     try:
-        with FlopCounterMode(display=False, depth=2) as counter:
+        with _flop_counter() as counter:
             model(torch.zeros(1, in_channels, *size, device=device))
     finally:
         model.train(was_training)
@@ -82,7 +110,7 @@ def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
 def cpu_latency(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3,
                 repeats: int = 5, warmup: int = 1) -> float:
     """Median seconds of a CPU forward pass of one image (the model is copied to the CPU)."""
-    device = next(model.parameters()).device
+    device = _device(model)
     was_training = model.training
     model.cpu().eval()
     x = torch.zeros(1, in_channels, *size)

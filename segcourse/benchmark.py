@@ -85,9 +85,10 @@ def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
                      in_channels: int = 3) -> dict[str, float]:
     """GFLOPs of one forward pass per direct child of ``model`` (in order of definition).
 
-    A child called several times (a shared head, an attention gate) is counted every time;
-    FLOPs of operations outside any child (a functional ``interpolate`` in ``forward``) appear
-    under ``"(own)"`` so the parts always add up to :func:`gflops`.
+    A child called several times (a shared head, an attention gate) is counted every time; a
+    container that is never called itself (an ``nn.ModuleList`` of stages) is the sum of its
+    called members. FLOPs of operations outside any child (a functional convolution in
+    ``forward``) appear under ``"(own)"``, so the parts always add up to :func:`gflops`.
     """
     was_training = model.training
     model.eval()
@@ -98,12 +99,18 @@ def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
     finally:
         model.train(was_training)
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+
+    def flops_of(module: nn.Module, key: str) -> int:
+        if key in counts:                         # called: the counter has its total
+            return counts[key]
+        return sum(flops_of(child, f"{key}.{name}") for name, child in module.named_children())
+
     root = type(model).__name__
-    parts = {name: counts.get(f"{root}.{name}", 0) / 1e9 for name, _ in model.named_children()}
-    own = counter.get_total_flops() / 1e9 - sum(parts.values())
+    parts = {name: flops_of(child, f"{root}.{name}") for name, child in model.named_children()}
+    own = counter.get_total_flops() - sum(parts.values())
     if own > 0:
         parts["(own)"] = own
-    return parts
+    return {name: flops / 1e9 for name, flops in parts.items()}
 
 
 @torch.no_grad()

@@ -59,6 +59,26 @@ class _StemThenFunctionalHead(nn.Module):
         return F.conv2d(self.stem(x), self.head_weight)
 
 
+class _Stages(nn.Module):
+    """Stages in an nn.ModuleList: the list itself is never called, only its members."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList([nn.Conv2d(3, 4, 1), nn.Conv2d(4, 5, 1)])
+        self.head = nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
+
+
+def test_flops_of_a_module_list_are_the_sum_of_its_members():
+    parts = gflops_by_module(_Stages(), size=(4, 4))
+    assert parts == pytest.approx({"stages": (2 * 4 * 3 + 2 * 5 * 4) * 16 / 1e9,
+                                   "head": 2 * 2 * 5 * 16 / 1e9})
+
+
 def test_flops_outside_children_are_reported_as_own():
     parts = gflops_by_module(_StemThenFunctionalHead(), size=(8, 8))
     assert parts["stem"] == pytest.approx(2 * 6 * 3 * 64 / 1e9)

@@ -273,8 +273,15 @@ def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
     finally:
         model.train(was_training)
     if is_distributed():  # sum the matrices and losses of every process's shard
+        # K from a process that saw data: a shard can be empty (fewer images than processes).
+        # Every process takes part in this reduction, so the collectives stay in step.
+        k = torch.tensor([metric.num_classes if metric is not None else num_classes or 0],
+                         device=device)
+        dist.all_reduce(k, op=dist.ReduceOp.MAX)
+        if int(k) == 0:
+            raise ValueError("evaluate() got an empty dataset")
         if metric is None:
-            metric = SegmentationMetric(num_classes, ignore_index)
+            metric = SegmentationMetric(int(k), ignore_index)
         cm = metric.cm.to(device)
         totals = torch.tensor([total_loss, count], dtype=torch.float64, device=device)
         dist.all_reduce(cm)

@@ -50,3 +50,41 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     assert not torch.allclose(r0["state"]["0.weight"], init)
     # validation metrics were reduced over both shards, so both ranks report the same mIoU
     assert r0["val_miou"] == r1["val_miou"]
+
+
+EVAL_WORKER = textwrap.dedent('''
+    import sys, torch, torch.nn as nn
+    import torch.distributed as dist
+    from segcourse.data import ShapesDataset
+    from segcourse.train import evaluate, setup_distributed
+
+    out = sys.argv[1]
+    rank, world = setup_distributed("gloo")
+    torch.manual_seed(0)                       # the same weights on both ranks
+    model = nn.Conv2d(3, 5, 3, padding=1)
+    one_image = ShapesDataset(1, size=24, seed=3)   # rank 1's shard is empty
+    scores = evaluate(model, one_image, device="cpu")   # no num_classes: K comes from rank 0
+    torch.save({"miou": scores["miou"], "cm": scores["confusion_matrix"]}, f"{out}/eval{rank}.pt")
+    dist.destroy_process_group()
+''')
+
+
+def test_distributed_evaluate_with_an_empty_shard_and_no_num_classes(tmp_path):
+    from segcourse.data import ShapesDataset
+    from segcourse.metrics import confusion_matrix
+
+    script = tmp_path / "eval_worker.py"
+    script.write_text(EVAL_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # independently: the confusion matrix of the one image, computed in this process
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 5, 3, padding=1)
+    image, mask = ShapesDataset(1, size=24, seed=3)[0]
+    with torch.no_grad():
+        expected = confusion_matrix(model(image[None]).argmax(1), mask[None], 5)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"eval{rank}.pt", weights_only=True)
+        assert torch.equal(got["cm"], expected), rank

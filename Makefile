@@ -1,7 +1,8 @@
 # The course's two commands:
 #   make test   set up .venv, then run the unit tests and every chapter under `pytest --nbval`
 #   make book   set up .venv, then build the rendered book into _build/html
-# and for instructors: `make student` (chapters without solutions), `make check-book`.
+# and for instructors: `make student` (chapters without solutions), `make check-book`,
+# `make full-dry-run` (every chapter's FULL = True path, offline, as a crash test).
 #
 # Set-up installs torch FIRST, pinned to a CPU build where one is available, so that the
 # `torch>=2.1` requirement of segcourse is already met and pip never pulls a multi-GB CUDA build.
@@ -16,7 +17,7 @@ TORCH_INDEX ?=
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.segcourse-installed
 
-.PHONY: test unit book venv clean student check-book
+.PHONY: test unit book venv clean student check-book full-dry-run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --nbval -p no:cacheprovider
@@ -44,6 +45,10 @@ student: $(STAMP)
 # Open every chapter page of the built book in headless Chromium: figures, Colab link, no errors.
 check-book: $(STAMP)
 	$(BIN)/python tools/check_book.py _build/html --screenshots _build/screenshots
+
+# Every chapter with FULL = True, offline: fake Pets, random checkpoints, 16 images, one epoch.
+full-dry-run: $(STAMP)
+	$(BIN)/python tools/full_dry_run.py notebooks/*.ipynb
 
 clean:
 	rm -rf _build student

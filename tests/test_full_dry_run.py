@@ -1,0 +1,42 @@
+"""tools/full_dry_run.py: its fake dataset and fake checkpoints must look like the real ones."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from segcourse.data import OxfordPets
+from segcourse.models.fcn import VGG16_BN_URL, VGG16_URL
+from segcourse.models.resnet import IMAGENET_URLS
+
+spec = importlib.util.spec_from_file_location(
+    "full_dry_run", Path(__file__).parents[1] / "tools" / "full_dry_run.py")
+full_dry_run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(full_dry_run)
+
+
+def test_fake_pets_is_read_by_the_real_reader(tmp_path):
+    root = full_dry_run.write_fake_pets(tmp_path, splits={"trainval": 30, "test": 7}, distinct=5)
+    train, test = OxfordPets(root, "trainval", size=40), OxfordPets(root, "test", size=None)
+    assert len(train) == 30 and len(test) == 7
+    image, mask = train[0]
+    assert image.shape == (3, 40, 40) and image.dtype == torch.float32
+    assert set(mask.unique().tolist()) == {0, 1, 255}       # background, pet, trimap border
+    grey_image, _ = test[0]                                  # the greyscale JPEG, read as RGB
+    assert grey_image.shape[0] == 3
+
+
+# Published parameter counts of torchvision's checkpoints (including the 1000-way classifier).
+@pytest.mark.parametrize("url, params", [(VGG16_URL, 138_357_544), (VGG16_BN_URL, 138_365_992),
+                                         (IMAGENET_URLS[50], 25_557_032)])
+def test_fake_checkpoints_have_the_published_sizes(url, params):
+    state = full_dry_run.fake_torchvision_state(url)
+    learned = {k: v for k, v in state.items()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert sum(v.numel() for v in learned.values()) == params
+
+
+def test_fake_checkpoint_for_an_unknown_url_is_an_error():
+    with pytest.raises(ValueError, match="no fake checkpoint"):
+        full_dry_run.fake_torchvision_state("https://example.com/weights.pth")

@@ -159,13 +159,13 @@ def dry_run(path: Path, workdir: Path, timeout: int) -> dict:
     try:
         client.execute()
     except CellTimeoutError:       # a cell too slow for a CPU: report it, go on with the next
-        timed_out = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"
-                          and not c.get("execution_count")), len(nb.cells)) - 1
+        timed_out = next((i for i, c in enumerate(nb.cells) for out in c.get("outputs", [])
+                          if out.get("ename") == "KeyboardInterrupt"), len(nb.cells) - 1)
     seconds = time.perf_counter() - start
     asserts, errors = [], []
     for index, cell in enumerate(nb.cells[1:], start=1):
         for out in cell.get("outputs", []):
-            if out.output_type == "error":
+            if out.output_type == "error" and index != timed_out:
                 first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
                 entry = (index, first_line, f"{out.ename}: {out.evalue}"[:300])
                 (asserts if out.ename == "AssertionError" else errors).append(entry)

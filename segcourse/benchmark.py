@@ -67,8 +67,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def gflops(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3) -> float:
-    """GFLOPs of one forward pass on one ``in_channels x H x W`` image (eval mode)."""
+def _count_flops(model: nn.Module, size: tuple[int, int], in_channels: int) -> FlopCounterMode:
+    """Run one zero image through ``model`` in eval mode under the counter (mode restored)."""
     was_training = model.training
     model.eval()
     device = _device(model)
@@ -77,7 +77,13 @@ def gflops(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: in
             model(torch.zeros(1, in_channels, *size, device=device))
     finally:
         model.train(was_training)
-    return counter.get_total_flops() / 1e9
+    return counter
+
+
+@torch.no_grad()
+def gflops(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3) -> float:
+    """GFLOPs of one forward pass on one ``in_channels x H x W`` image (eval mode)."""
+    return _count_flops(model, size, in_channels).get_total_flops() / 1e9
 
 
 @torch.no_grad()
@@ -90,14 +96,7 @@ def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
     called members. FLOPs of operations outside any child (a functional convolution in
     ``forward``) appear under ``"(own)"``, so the parts always add up to :func:`gflops`.
     """
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    try:
-        with _flop_counter() as counter:
-            model(torch.zeros(1, in_channels, *size, device=device))
-    finally:
-        model.train(was_training)
+    counter = _count_flops(model, size, in_channels)
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
 
     def flops_of(module: nn.Module, key: str) -> int:

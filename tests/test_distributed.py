@@ -32,13 +32,18 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def test_two_processes_end_with_identical_weights(tmp_path):
+def _torchrun_two_processes(worker: str, tmp_path) -> None:
+    """Run ``worker`` (source text) under torchrun with two CPU processes; it writes to tmp_path."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(worker)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_two_processes_end_with_identical_weights(tmp_path):
+    _torchrun_two_processes(WORKER, tmp_path)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["state"].keys() == r1["state"].keys()
@@ -73,12 +78,7 @@ def test_distributed_evaluate_with_an_empty_shard_and_no_num_classes(tmp_path):
     from segcourse.data import ShapesDataset
     from segcourse.metrics import confusion_matrix
 
-    script = tmp_path / "eval_worker.py"
-    script.write_text(EVAL_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _torchrun_two_processes(EVAL_WORKER, tmp_path)
     # independently: the confusion matrix of the one image, computed in this process
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 5, 3, padding=1)

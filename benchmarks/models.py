@@ -9,7 +9,7 @@ Registry-driven: a family that registers a model appears here without editing th
 GFLOPs count one forward pass of one image in eval mode (``torch.utils.flop_counter``; a
 multiply-add is 2 FLOPs); latency is the median of ``--repeats`` timed forward passes of one image
 after a warm-up, with ``torch.set_num_threads(--threads)``. Both come from
-``segcourse.benchmark.profile``, which chapter 9 uses too. ``--paper`` adds a row (marked
+``segcourse.profiling.profile``, which chapter 9 uses too. ``--paper`` adds a row (marked
 ``*``) built with ``paper=True`` for every builder that has that switch (others are noted:
 their registry default may already be a published configuration, or they take another keyword).
 """
@@ -22,7 +22,7 @@ import inspect
 import torch
 
 from segcourse import models
-from segcourse.benchmark import format_table, profile
+from segcourse.profiling import format_table, profile
 
 
 def paper_switch(name: str) -> bool:

@@ -6,7 +6,7 @@
 
 Prints parameters, GFLOPs and CPU latency for one 256 x 256 image, training seconds and
 validation mIoU on the shapes data, and writes the rows (per-class IoU included) as CSV with
---csv. The defaults are ``segcourse.benchmark.CPU_BUDGET``, the numbers chapter 9 uses, so on the
+--csv. The defaults are ``segcourse.profiling.CPU_BUDGET``, the numbers chapter 9 uses, so on the
 same machine this prints the chapter's table.
 """
 
@@ -18,7 +18,7 @@ import csv
 import torch
 
 from segcourse import models
-from segcourse.benchmark import CPU_BUDGET, compare_models, format_table
+from segcourse.profiling import CPU_BUDGET, compare_models, format_table
 from segcourse.data import ShapesDataset
 from segcourse.train import get_device
 

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._checks import check_logits_and_target
+from .metrics.boundary import boundary_mask
 
 __all__ = [
     "cross_entropy", "dice_loss", "focal_loss", "lovasz_softmax", "lovasz_grad",
@@ -253,28 +254,6 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
 
 
 # --- boundary-weighted cross-entropy (the chapter 6 exercise) -------------------------------
-
-def boundary_mask(target: torch.Tensor, radius: int = 1, ignore_index: int | None = 255) -> torch.Tensor:
-    """Bool ``[B, H, W]``: valid pixels with a valid pixel of another class within ``radius``.
-
-    A morphological gradient: over each ``(2r+1) x (2r+1)`` window, the largest and the smallest
-    valid label (a dilation and an erosion of the label map) differ exactly when the window holds
-    two classes. Ignored pixels are never boundary pixels and do not create boundaries: an object
-    next to a void band is not at a class change.
-    """
-    if not isinstance(target, torch.Tensor) or target.dim() != 3 or target.is_floating_point():
-        raise ValueError("target must be an integer tensor [B, H, W], got "
-                         + (f"{target.dtype} {tuple(target.shape)}" if isinstance(target, torch.Tensor)
-                            else type(target).__name__))
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    valid, _ = _split_ignored(target, ignore_index)
-    labels = target.double()[:, None]                                         # [B, 1, H, W]
-    size = 2 * radius + 1
-    highest = F.max_pool2d(torch.where(valid[:, None], labels, -1.0), size, 1, radius)
-    lowest = -F.max_pool2d(torch.where(valid[:, None], -labels, -float(2 ** 31)), size, 1, radius)
-    return valid & (highest != lowest)[:, 0]
-
 
 def boundary_loss(logits: torch.Tensor, target: torch.Tensor, boundary_weight: float = 4.0,
                   radius: int = 2, ignore_index: int | None = 255) -> torch.Tensor:

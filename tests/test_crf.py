@@ -147,7 +147,8 @@ def test_crf_figure_and_explorer():
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from segcourse.widgets import crf_explorer, crf_figure
+    from segcourse.viz import crf_figure
+    from segcourse.widgets import crf_explorer
 
     image, probs = _case(9, K=3, H=8, W=10)
     image, probs = image.float() / 255, probs.float()

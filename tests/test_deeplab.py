@@ -24,7 +24,8 @@ import torch.nn as nn
 from segcourse.models import build, list_models
 from segcourse.models.deeplab import (ASPP, PAPER, SMALL, DeepLabV3Plus, PoolingBatchNorm2d,
                                       atrous_rates)
-from segcourse.widgets import (dilation_explorer, receptive_field_extent, receptive_field_map)
+from segcourse.viz import receptive_field_extent, receptive_field_map
+from segcourse.widgets import dilation_explorer
 
 AUX_FCN_HEAD = 1024 * 256 * 9 + 2 * 256 + 256 * 21 + 21
 

@@ -108,7 +108,8 @@ def test_tta_figure_and_explorer():
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from segcourse.widgets import tta_explorer, tta_figure
+    from segcourse.viz import tta_figure
+    from segcourse.widgets import tta_explorer
 
     net = nn.Conv2d(3, 2, 1).eval()                 # per-pixel: every view agrees with the plain one
     image = torch.rand(3, 32, 36)

@@ -116,7 +116,7 @@ import functools, sys
 import torch
 sys.path.insert(0, {tools!r})
 import full_dry_run
-import segcourse.data, segcourse.data.pets, segcourse.train, segcourse.benchmark
+import segcourse.data, segcourse.data.pets, segcourse.train, segcourse.profiling
 
 _LENGTH = 16
 segcourse.data.pets.OxfordPets.__len__ = lambda self: min(len(self.names), _LENGTH)
@@ -128,7 +128,7 @@ _fit = segcourse.train.fit
 def _one_epoch_fit(*args, **kwargs):
     kwargs["epochs"] = 1
     return _fit(*args, **kwargs)
-segcourse.train.fit = segcourse.benchmark.fit = _one_epoch_fit
+segcourse.train.fit = segcourse.profiling.fit = _one_epoch_fit
 
 torch.hub.load_state_dict_from_url = (
     lambda url, *args, **kwargs: full_dry_run.fake_torchvision_state(url))

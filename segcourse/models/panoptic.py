@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..metrics import panoptic_quality
-from .maskrcnn import (PAPER, MaskRCNN, MaskRCNNConfig, _check_targets, mask_average_precision,
+from ..metrics import mask_average_precision
+from .maskrcnn import (PAPER, MaskRCNN, MaskRCNNConfig, _check_targets,
                        targets_from_samples)
 
 __all__ = ["VOID", "SemanticFPNHead", "panoptic_fusion", "PanopticFPN", "panoptic_fpn",

@@ -1,4 +1,4 @@
-"""segcourse.benchmark: counts checked against hand-computed values."""
+"""segcourse.profiling: counts checked against hand-computed values."""
 
 import csv
 import importlib.util
@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segcourse.benchmark import (compare_models, count_parameters, cpu_latency, format_table,
+from segcourse.profiling import (compare_models, count_parameters, cpu_latency, format_table,
                                  gflops, gflops_by_module, profile)
 from segcourse.data import ShapesDataset
 from segcourse.metrics import mean_iou

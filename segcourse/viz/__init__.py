@@ -1,0 +1,16 @@
+"""Figures, one topic per file; every chapter's plotting plumbing lives here (and is tested).
+
+- ``masks``            coloured label maps, overlays, legends, prediction grids
+- ``training``         training curves, confusion matrices
+- ``receptive_field``  receptive fields of dilated convolution stacks (chapter 4)
+- ``refinements``      dense CRF and test-time augmentation, before and after (chapter 8)
+"""
+
+from .masks import colorize, legend_patches, overlay, show_predictions, to_numpy_image
+from .receptive_field import plot_receptive_field, receptive_field_extent, receptive_field_map
+from .refinements import crf_figure, tta_figure
+from .training import plot_confusion_matrix, plot_history
+
+__all__ = ["colorize", "overlay", "to_numpy_image", "show_predictions", "legend_patches",
+           "plot_history", "plot_confusion_matrix", "receptive_field_extent",
+           "receptive_field_map", "plot_receptive_field", "crf_figure", "tta_figure"]

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from segcourse.models.maskrcnn import (AnchorGenerator, MultiScaleRoIAlign, box_iou, decode_boxes,
-                                       encode_boxes, mask_average_precision, mask_rcnn, match_boxes,
+from segcourse.metrics import mask_average_precision
+from segcourse.models.maskrcnn import (AnchorGenerator, MultiScaleRoIAlign, mask_rcnn, match_boxes,
                                        paste_masks, targets_from_samples)
+from segcourse.ops import box_iou, decode_boxes, encode_boxes
 
 
 def test_box_iou_and_delta_encoding_by_hand():

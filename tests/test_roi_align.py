@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from segcourse.models.maskrcnn import batched_nms, box_iou, nms, roi_align
+from segcourse.ops import batched_nms, box_iou, nms, roi_align
 
 
 def bilinear_reference(fmap, y, x):

@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_images
+from ..ops import (BBOX_CLIP, as_rois, batched_nms, box_area, box_iou, clip_boxes, decode_boxes,
+                   encode_boxes, nms, remove_small_boxes, roi_align)
 from .resnet import resnet
 
 __all__ = [
@@ -41,211 +43,6 @@ __all__ = [
     "MultiScaleRoIAlign", "BoxHead", "MaskHead", "RoIHeads", "paste_masks", "MaskRCNNConfig",
     "MaskRCNN", "mask_rcnn", "targets_from_samples",
 ]
-
-# --- 1. boxes ---------------------------------------------------------------------------------
-# Boxes are (x1, y1, x2, y2) in continuous pixel coordinates: pixel (i, j) covers [j, j+1) x
-# [i, i+1), so a box's width is x2 - x1 (no "+1" as in the original Caffe code).
-
-BBOX_CLIP = math.log(1000.0 / 16)  # largest log-scale change decoded (torchvision, Detectron)
-
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU ``[N, M]`` of boxes ``a [N, 4]`` and ``b [M, 4]``."""
-    ax1, ay1, ax2, ay2 = a.T.contiguous()[:, :, None]  # each [N, 1]
-    bx1, by1, bx2, by2 = b.T.contiguous()[:, None, :]  # each [1, M]
-    inter_w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
-    inter_h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
-    inter = inter_w.mul_(inter_h)
-    return inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)
-
-
-def _centre_size(boxes):
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h, w, h
-
-
-def encode_boxes(targets: torch.Tensor, anchors: torch.Tensor,
-                 weights=(1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
-    """R-CNN deltas ``(dx, dy, dw, dh)`` that move ``anchors`` onto ``targets``.
-
-    Centre shifts are relative to the anchor's size and size changes are logarithmic, so one
-    regressor serves small and large boxes alike. ``weights`` rescale the deltas to a similar
-    spread: (1, 1, 1, 1) for the RPN, (10, 10, 5, 5) for the box head (torchvision, Detectron).
-    """
-    ax, ay, aw, ah = _centre_size(anchors)
-    tx, ty, tw, th = _centre_size(targets)
-    wx, wy, ww, wh = weights
-    return torch.stack([wx * (tx - ax) / aw, wy * (ty - ay) / ah,
-                        ww * torch.log(tw / aw), wh * torch.log(th / ah)], dim=1)
-
-
-def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor,
-                 weights=(1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
-    """Inverse of :func:`encode_boxes`; ``deltas [N, 4k]`` gives boxes ``[N, k, 4]``."""
-    ax, ay, aw, ah = (t[:, None] for t in _centre_size(anchors))
-    d = deltas.reshape(deltas.shape[0], -1, 4)
-    wx, wy, ww, wh = weights
-    cx = d[..., 0] / wx * aw + ax
-    cy = d[..., 1] / wy * ah + ay
-    w = torch.exp((d[..., 2] / ww).clamp(max=BBOX_CLIP)) * aw
-    h = torch.exp((d[..., 3] / wh).clamp(max=BBOX_CLIP)) * ah
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
-
-
-def clip_boxes(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    H, W = size
-    x = boxes[..., 0::2].clamp(0, W)
-    y = boxes[..., 1::2].clamp(0, H)
-    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
-
-
-def _remove_small(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return torch.where((w >= min_size) & (h >= min_size))[0]
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy non-maximum suppression (torchvision's ``ops.nms`` semantics).
-
-    Visit boxes from the highest score down; keep a box unless it overlaps an already kept box
-    with IoU > ``iou_threshold``. Returns the kept indices, highest score first.
-
-    The greedy sweep is sequential, but it can be computed with whole-matrix steps: box j is
-    kept iff no *kept* higher-scoring box suppresses it. Start from "all kept" and re-apply this
-    rule until nothing changes (the fixed-point iteration of Cluster-NMS, Zheng et al. 2021).
-    After pass t the first t boxes are final, so it ends with the greedy answer -- in practice
-    after a handful of passes instead of one Python step per box.
-    """
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    order = scores.argsort(descending=True)
-    # suppresses[i, j]: higher-scored box i would remove box j (upper triangle, sorted order)
-    suppresses = (box_iou(boxes[order], boxes[order]) > iou_threshold).triu(diagonal=1)
-    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
-    while True:
-        new_keep = ~(suppresses & keep[:, None]).any(dim=0)
-        if torch.equal(new_keep, keep):
-            return order[keep]
-        keep = new_keep
-
-
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
-                iou_threshold: float) -> torch.Tensor:
-    """NMS within each group of ``idxs`` (a class, an FPN level) independently.
-
-    The trick of torchvision and Detectron: shift each group's boxes by a different offset larger
-    than any coordinate, so boxes of different groups can never overlap; one NMS does them all.
-    """
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    offsets = idxs.to(boxes) * (boxes.max() - boxes.min() + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
-
-
-# --- 2. RoIAlign ------------------------------------------------------------------------------
-
-def _as_rois(boxes, like: torch.Tensor) -> torch.Tensor:
-    """``Tensor[K, 5]`` (batch index, x1, y1, x2, y2), or a list of per-image ``Tensor[L, 4]``."""
-    if isinstance(boxes, (list, tuple)):
-        for b in boxes:
-            if not isinstance(b, torch.Tensor) or b.dim() != 2 or b.shape[1] != 4:
-                raise ValueError("each element of a list of boxes must be a Tensor[L, 4]")
-        index = torch.cat([torch.full((len(b),), i, dtype=like.dtype, device=like.device)
-                           for i, b in enumerate(boxes)]) if boxes else like.new_zeros(0)
-        rois = torch.cat([index[:, None], torch.cat(list(boxes)).to(like)], dim=1) if boxes \
-            else like.new_zeros(0, 5)
-        return rois
-    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
-        shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
-        raise ValueError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
-    return boxes.to(like)
-
-
-def _pair(size) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
-              sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
-    """RoIAlign (Mask R-CNN, Sec. 3) with ``torchvision.ops.roi_align``'s exact semantics.
-
-    Each RoI is split into ``output_size`` bins *without rounding*; each bin averages a regular
-    grid of bilinearly interpolated samples -- ``sampling_ratio`` per side, or
-    ``ceil(roi_size / output_size)`` when ``sampling_ratio <= 0`` (adaptive). With
-    ``aligned=True`` box coordinates are shifted by -0.5 so that a pixel's centre sits at
-    integer + 0.5 in box space (Detectron2's correction); with ``aligned=False`` the legacy RoI is
-    at least 1 x 1. A sample with y < -1 or y > H (same for x) is zero; otherwise it is clamped
-    to [0, H-1] before interpolation. Vectorised over RoIs, differentiable in ``input``: the
-    output is linear in the input, a weighted sum of input pixels per output value.
-
-    Args:
-        input: features ``[N, C, H, W]``.
-        boxes: ``Tensor[K, 5]`` of (batch index, x1, y1, x2, y2) or a list of ``Tensor[L, 4]``.
-        output_size: int or (height, width) of the pooled output.
-        spatial_scale: feature-map size / image size, e.g. 1/4 for a stride-4 map.
-
-    Returns: ``[K, C, out_h, out_w]``.
-    """
-    check_images(input, name="roi_align input")
-    if input.dtype in (torch.float16, torch.bfloat16):  # as torchvision under autocast: in float32
-        return roi_align(input.float(), boxes, output_size, spatial_scale, sampling_ratio,
-                         aligned).to(input.dtype)
-    rois = _as_rois(boxes, input)
-    N, C, H, W = input.shape
-    PH, PW = _pair(output_size)
-    K = rois.shape[0]
-    if K == 0:
-        return input.new_zeros(0, C, PH, PW)
-    offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (rois[:, 1:] * spatial_scale - offset).unbind(dim=1)
-    roi_w, roi_h = x2 - x1, y2 - y1
-    if not aligned:  # legacy: malformed RoIs become 1 x 1
-        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
-    bin_h, bin_w = roi_h / PH, roi_w / PW
-    if sampling_ratio > 0:
-        grid_h = torch.full((K,), sampling_ratio, dtype=torch.int64, device=input.device)
-        grid_w = grid_h
-    else:  # adaptive: about one sample per input pixel; 0 (an empty RoI) gives a zero output
-        grid_h = torch.ceil(roi_h / PH).long().clamp(min=0)
-        grid_w = torch.ceil(roi_w / PW).long().clamp(min=0)
-    GH, GW = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
-
-    def axis(start, bin_size, grid, P, G, size):
-        """Along one axis: for each RoI, bin and sample ``[K, P, G]``, the two neighbouring
-        pixels ``[K, P, G, 2]`` and their linear-interpolation weights (zero if unused)."""
-        p = torch.arange(P, device=input.device, dtype=input.dtype)[None, :, None]
-        g = torch.arange(G, device=input.device, dtype=input.dtype)[None, None, :]
-        n = grid.clamp(min=1).to(input.dtype)[:, None, None]
-        c = start[:, None, None] + p * bin_size[:, None, None] + (g + 0.5) * bin_size[:, None, None] / n
-        used = (g < grid[:, None, None]) & (c >= -1.0) & (c <= size)  # beyond 1 px outside: zero
-        c = c.clamp(0, size - 1)
-        low = c.floor().long()
-        high = (low + 1).clamp(max=size - 1)
-        frac = c - low
-        return torch.stack([low, high], -1), torch.stack([1 - frac, frac], -1) * used[..., None]
-
-    iy, wy = axis(y1, bin_h, grid_h, PH, GH, H)  # [K, PH, GH, 2]
-    ix, wx = axis(x1, bin_w, grid_w, PW, GW, W)  # [K, PW, GW, 2]
-    # Every output value is a weighted sum of at most 4 * GH * GW input pixels: the 4 bilinear
-    # neighbours of each sample, weight (y-weight * x-weight) / samples per bin. Lay the pixels of
-    # output (k, ph, pw) out as one "bag" of flat indices (batch, y, x) with their weights:
-    # [K, PH, 1, GH, 2, 1, 1] and [K, 1, PW, 1, 1, GW, 2] broadcast to [K, PH, PW, GH, 2, GW, 2].
-    b = rois[:, 0].long()[:, None, None, None, None, None, None]
-    iy, wy = iy[:, :, None, :, :, None, None], wy[:, :, None, :, :, None, None]
-    ix, wx = ix[:, None, :, None, None, :, :], wx[:, None, :, None, None, :, :]
-    count = (grid_h * grid_w).clamp(min=1).to(input.dtype)[:, None, None, None, None, None, None]
-    index = ((b * H + iy) * W + ix).reshape(K * PH * PW, -1)
-    weight = (wy * wx / count).reshape(K * PH * PW, -1)
-    # embedding_bag sums weighted rows of a table -- here the feature map with one row per pixel
-    # -- without materialising the [bags, samples, C] gathered values, forward or backward.
-    table = input.permute(0, 2, 3, 1).reshape(N * H * W, C)  # (N, C, H, W) -> (N*H*W, C)
-    out = F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
-    return out.reshape(K, PH, PW, C).permute(0, 3, 1, 2)     # (K*PH*PW, C) -> (K, C, PH, PW)
-
 
 # --- 3. feature pyramid and anchors -----------------------------------------------------------
 
@@ -420,7 +217,7 @@ class RegionProposalNetwork(nn.Module):
             keep = torch.cat(keep)
             boxes = clip_boxes(decode_boxes(deltas[b, keep], anchors[keep])[:, 0], image_size)
             scores, lvl = torch.sigmoid(logits[b, keep]), level[keep]
-            ok = _remove_small(boxes, 1e-3)
+            ok = remove_small_boxes(boxes, 1e-3)
             boxes, scores, lvl = boxes[ok], scores[ok], lvl[ok]
             kept = batched_nms(boxes, scores, lvl, self.nms_threshold)[:post]
             proposals.append(boxes[kept])
@@ -472,7 +269,7 @@ class MultiScaleRoIAlign(nn.Module):
         return (k.clamp(self.k_min, self.k_min + len(self.strides) - 1) - self.k_min).long()
 
     def forward(self, features: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
-        rois = _as_rois(boxes, features[0])
+        rois = as_rois(boxes, features[0])
         level = self.levels(rois[:, 1:])
         out = features[0].new_zeros(len(rois), features[0].shape[1], self.output_size, self.output_size)
         for i, (f, stride) in enumerate(zip(features, self.strides)):
@@ -617,7 +414,7 @@ class RoIHeads(nn.Module):
             # every (proposal, class) pair is a candidate detection; class 0 is background
             boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
             keep = torch.where(scores > self.score_threshold)[0]
-            keep = keep[_remove_small(boxes[keep], 1e-2)]
+            keep = keep[remove_small_boxes(boxes[keep], 1e-2)]
             keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], self.nms_threshold)]
             keep = keep[: self.detections_per_image]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})

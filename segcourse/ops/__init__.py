@@ -1,0 +1,14 @@
+"""Generic operators that models build on, one kind per file (torchvision's ``ops`` layout).
+
+- ``boxes``      box area, pairwise IoU, the R-CNN delta encoding, clipping
+- ``nms``        greedy non-maximum suppression, per group with ``batched_nms``
+- ``roi_align``  RoIAlign, the bilinear crop-and-resize of Mask R-CNN
+"""
+
+from .boxes import (BBOX_CLIP, box_area, box_iou, clip_boxes, decode_boxes, encode_boxes,
+                    remove_small_boxes)
+from .nms import batched_nms, nms
+from .roi_align import as_rois, roi_align
+
+__all__ = ["box_area", "box_iou", "encode_boxes", "decode_boxes", "clip_boxes",
+           "remove_small_boxes", "nms", "batched_nms", "roi_align", "as_rois", "BBOX_CLIP"]

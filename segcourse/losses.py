@@ -5,7 +5,7 @@ scalar. Conventions shared by all of them (chapter 6 derives each one):
 
 - Pixels labelled ``ignore_index`` (255 by default) count nowhere: not in a numerator, not in a
   denominator, not in a one-hot encoding. They are masked *before* any one-hot or indexing, which
-  is exactly where the seed code crashed (``F.one_hot`` and ``alpha[target]`` of 255).
+  is exactly where a naive implementation crashes (``F.one_hot`` and ``alpha[target]`` of 255).
 - If every pixel of the batch is ignored the loss is ``0``, not NaN (``F.cross_entropy``'s mean
   is ``0 / 0`` there), and it is still connected to the graph, so ``backward()`` works and gives
   zero gradients.

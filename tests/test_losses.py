@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from segcourse.losses import (BoundaryLoss, CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss,
-                              LovaszSoftmaxLoss, boundary_loss, boundary_mask, cross_entropy,
+                              LovaszSoftmaxLoss, boundary_loss, cross_entropy,
                               dice_loss, focal_loss, lovasz_grad, lovasz_softmax)
 from segcourse.metrics import confusion_matrix, iou_per_class
 
@@ -173,42 +173,6 @@ def test_focal_alpha_vector_weights_each_class():
 
 
 # --- boundaries ---------------------------------------------------------------------------
-
-def _boundary_brute_force(target, radius, ignore=255):
-    B, H, W = target.shape
-    out = torch.zeros(B, H, W, dtype=torch.bool)
-    for b in range(B):
-        for y in range(H):
-            for x in range(W):
-                if target[b, y, x] == ignore:
-                    continue
-                for yy in range(max(0, y - radius), min(H, y + radius + 1)):
-                    for xx in range(max(0, x - radius), min(W, x + radius + 1)):
-                        if target[b, yy, xx] not in (ignore, target[b, y, x]):
-                            out[b, y, x] = True
-    return out
-
-
-@pytest.mark.parametrize("radius", [0, 1, 2])
-def test_boundary_mask_matches_brute_force(radius):
-    target = torch.zeros(2, 9, 11, dtype=torch.long)
-    target[0, 2:6, 3:8] = 2
-    target[0, 4, 4] = 255
-    target[1, :, 6:] = 1
-    target[1, 0:3, 0:2] = 255
-    assert torch.equal(boundary_mask(target, radius), _boundary_brute_force(target, radius))
-
-
-def test_boundary_weights_only_near_boundaries():
-    target = torch.zeros(1, 12, 12, dtype=torch.long)
-    target[0, 4:8, 4:8] = 1  # a 4 x 4 square
-    near = boundary_mask(target, radius=1)[0]
-    # Non-zero exactly on the two-pixel ring around the square's edge (inside and outside).
-    rows, cols = near.nonzero().T
-    assert rows.min() == 3 and rows.max() == 8 and cols.min() == 3 and cols.max() == 8
-    assert not near[5:7, 5:7].any() and near.sum() == 6 * 6 - 2 * 2
-    assert not boundary_mask(torch.ones(1, 5, 5, dtype=torch.long)).any()
-
 
 def test_boundary_loss_weights_boundary_pixels():
     logits, target = _random_case(8, shape=(1, 3, 8, 8), ignore_fraction=0.0)

@@ -1,5 +1,6 @@
 # The course's two commands:
-#   make test   set up .venv, then run the unit tests and every chapter under `pytest --nbval`
+#   make test   set up .venv, lint (ruff, chapter line widths), then run the unit tests and every
+#               chapter under `pytest --nbval`
 #   make book   set up .venv, then build the rendered book into _build/html
 # and for instructors: `make student` (chapters without solutions), `make check-book`,
 # `make full-dry-run` (every chapter's FULL = True path, offline, as a crash test).
@@ -17,10 +18,16 @@ TORCH_INDEX ?=
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.segcourse-installed
 
-.PHONY: test unit book venv clean student check-book full-dry-run
+.PHONY: test lint unit book venv clean student check-book full-dry-run
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest --nbval -p no:cacheprovider
+
+# ruff on the package, tests and scripts; every chapter's code and text output within the
+# book's 80-character column
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python tools/nbstats.py --check notebooks/*.ipynb
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests

@@ -8,6 +8,7 @@ Debian's Chromium through chromedriver. After the page's scripts ran, the check 
 - figures: at least one image in a cell output, and every such image actually decoded
   (``naturalWidth > 0``: a broken path shows as a zero-width image);
 - Colab: a launch link to ``colab.research.google.com/github/.../notebooks/<page>.ipynb``;
+- nothing scrolls sideways: no code or text-output block wider than the content column;
 - no error output: no traceback, no stderr block mentioning an error, no raw widget text
   (``HBox(``) and no widget placeholder a static page cannot render.
 
@@ -34,6 +35,10 @@ const tracebacks = document.querySelectorAll('.cell_output .traceback, .cell_out
 const stderr = Array.from(document.querySelectorAll('.cell_output .output.stderr'))
     .map(e => e.innerText).filter(t => /error|traceback|exception/i.test(t));
 const text = document.body.innerText;
+// code or text output wider than the content column gets a horizontal scrollbar
+const scrolling = Array.from(document.querySelectorAll('.cell_input pre, .cell_output pre'))
+    .filter(e => e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.innerText.split('\n').reduce((a, b) => a.length >= b.length ? a : b, ''));
 const widgets = document.querySelectorAll(
     'script[type="application/vnd.jupyter.widget-view+json"], .jupyter-widgets').length;
 return {
@@ -45,6 +50,7 @@ return {
   stderr: stderr,
   raw_widget_text: /HBox\(children=|VBox\(children=|FloatProgress\(/.test(text),
   widgets: widgets,
+  scrolling: scrolling,
 };
 """
 
@@ -92,6 +98,9 @@ def check_page(driver, url: str, page: str, shots: Path | None) -> tuple[list[st
         problems.append(f"stderr with an error: {info['stderr'][0][:80]!r}")
     if info["raw_widget_text"]:
         problems.append("raw widget text (HBox(...)) shown")
+    if info["scrolling"]:
+        problems.append(f"{len(info['scrolling'])} block(s) scroll sideways, e.g. "
+                        f"{info['scrolling'][0][:60]!r}")
     if info["widgets"]:
         problems.append(f"{info['widgets']} widget placeholder(s) a static page cannot render")
     if shots is not None:
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                                          page, args.screenshots)
             status = "ok  " if not problems else "FAIL"
             failed += bool(problems)
-            print(f"{status} {page:<32} {', '.join(facts)}" + ("".join(f"\n       - {p}" for p in problems)))
+            print(f"{status} {page:<32} {', '.join(facts)}"
+                  + "".join(f"\n       - {p}" for p in problems))
     finally:
         driver.quit()
         server.shutdown()

@@ -56,6 +56,18 @@ def _split_ignored(target: torch.Tensor, ignore_index: int | None):
     return valid, torch.where(valid, target, torch.zeros_like(target))
 
 
+def _drop_ignored(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``logits`` with every ignored pixel's logits replaced by 0.
+
+    Ignored means ignored, whatever the logits there: multiplying a per-pixel loss by ``valid``
+    is not enough, because ``0 * nan`` is NaN and ``0 * inf`` too -- forward, and in backward
+    through the softmax. ``torch.where`` selects instead of multiplying, and its gradient to
+    the replaced entries is exactly 0.
+    """
+    return torch.where(valid[:, None], logits, torch.zeros((), dtype=logits.dtype,
+                                                           device=logits.device))
+
+
 def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """``numerator / denominator``, and 0 where the denominator is 0 (the numerator is 0 too).
 
@@ -99,6 +111,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight=None,
     check_logits_and_target(logits, target, ignore_index)
     weight = _class_vector(weight, logits.shape[1], logits, "weight")
     valid, safe = _split_ignored(target, ignore_index)
+    logits = _drop_ignored(logits, valid)
     pixel_weight = valid.to(logits.dtype)
     if weight is not None:
         pixel_weight = pixel_weight * weight[safe]
@@ -132,6 +145,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | No
         raise ValueError(f"smooth must be >= 0, got {smooth}")
     num_classes = logits.shape[1]
     valid, safe = _split_ignored(target, ignore_index)
+    logits = _drop_ignored(logits, valid)
     mask = valid[:, None].to(logits.dtype)                                   # [B, 1, H, W]
     probs = logits.softmax(1) * mask
     one_hot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(logits.dtype) * mask  # [B, K, H, W]
@@ -164,6 +178,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     alpha = _class_vector(alpha, logits.shape[1], logits, "alpha")
     valid, safe = _split_ignored(target, ignore_index)
+    logits = _drop_ignored(logits, valid)
     log_pt = logits.log_softmax(1).gather(1, safe[:, None]).squeeze(1)      # [B, H, W]
     loss = -log_pt
     if gamma > 0:
@@ -240,6 +255,7 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
             raise ValueError(f"classes must be a non-empty list of ids in [0, {num_classes - 1}], "
                              f"got {classes}")
     valid, safe = _split_ignored(target, ignore_index)
+    logits = _drop_ignored(logits, valid)
     probs = logits.softmax(1).permute(0, 2, 3, 1)                           # [B, H, W, K]
     groups = [(probs[b][valid[b]], safe[b][valid[b]]) for b in range(logits.shape[0])] if per_image \
         else [(probs[valid], safe[valid])]                                   # ([P, K], [P]) each
@@ -270,6 +286,7 @@ def boundary_loss(logits: torch.Tensor, target: torch.Tensor, boundary_weight: f
     if boundary_weight < 0:
         raise ValueError(f"boundary_weight must be >= 0, got {boundary_weight}")
     valid, safe = _split_ignored(target, ignore_index)
+    logits = _drop_ignored(logits, valid)
     near = boundary_mask(target, radius, ignore_index).to(logits.dtype)
     weight = valid.to(logits.dtype) * (1 + boundary_weight * near)
     return _safe_divide((weight * _pixel_nll(logits, safe)).sum(), weight.sum())

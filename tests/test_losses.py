@@ -263,3 +263,32 @@ def test_modules_match_functions_and_combine():
     assert "weight" in dict(CrossEntropyLoss(weight=[1.0, 2.0]).named_buffers())
     with pytest.raises(ValueError):
         CombinedLoss([DiceLoss()], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf"), -float("inf")])
+def test_garbage_logits_at_ignored_pixels_change_nothing(loss, garbage):
+    """Ignored means ignored: NaN or inf logits only where the target is 255 leave the loss and
+    its gradient exactly as with any finite logits there (torch's F.cross_entropy agrees)."""
+    logits, target = _random_case(3, shape=(2, 3, 6, 7), ignore_fraction=0.3)
+    ignored = (target == 255)[:, None].expand_as(logits)
+    clean = logits.clone().requires_grad_(True)
+    dirty = logits.masked_fill(ignored, garbage).requires_grad_(True)
+    expected, got = loss(clean, target), loss(dirty, target)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, expected)
+    expected.backward()
+    got.backward()
+    assert torch.isfinite(dirty.grad).all()
+    assert (dirty.grad[ignored] == 0).all()
+    torch.testing.assert_close(dirty.grad[~ignored], clean.grad[~ignored])
+
+
+def test_all_ignored_batch_with_nan_logits_is_zero_with_a_gradient():
+    logits = torch.full((1, 3, 4, 4), float("nan"), requires_grad=True)
+    target = torch.full((1, 4, 4), 255)
+    for loss in LOSSES:
+        value = loss(logits, target)
+        assert value.item() == 0.0, loss.__name__
+        value.backward()
+    assert (logits.grad == 0).all()

@@ -6,9 +6,20 @@ gets a ``ValueError`` that says what was expected, not an obscure indexing error
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["check_images", "check_labels", "check_logits_and_target", "check_same_shape"]
+__all__ = ["as_tensor", "check_images", "check_labels", "check_logits_and_target", "check_same_shape"]
+
+
+def as_tensor(x, name: str) -> torch.Tensor:
+    """``x`` as a tensor: tensors pass through, NumPy arrays are wrapped (no copy); anything
+    else is a ``ValueError`` naming the argument -- metrics accept what users have at hand."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise ValueError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
 
 
 def check_images(x: torch.Tensor, in_channels: int | None = None, min_size: int = 1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._checks import as_tensor
 from .segmentation import mean_iou
 
 __all__ = ["boundary_mask", "boundary_miou", "boundary_accuracy"]
@@ -26,10 +27,10 @@ def boundary_mask(target: torch.Tensor, radius: int = 1, ignore_index: int | Non
     two classes. Ignored pixels are never boundary pixels and do not create boundaries: an object
     next to a void band is not at a class change.
     """
-    if not isinstance(target, torch.Tensor) or target.dim() != 3 or target.is_floating_point():
+    target = as_tensor(target, "target")
+    if target.dim() != 3 or target.is_floating_point():
         raise ValueError("target must be an integer tensor [B, H, W], got "
-                         + (f"{target.dtype} {tuple(target.shape)}" if isinstance(target, torch.Tensor)
-                            else type(target).__name__))
+                         f"{target.dtype} {tuple(target.shape)}")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
@@ -51,9 +52,10 @@ def boundary_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ra
 def boundary_accuracy(pred: torch.Tensor, target: torch.Tensor, radius: int = 2,
                       ignore_index: int | None = 255) -> float:
     """Fraction of boundary-band pixels whose predicted label is right (NaN for an empty band)."""
-    if not isinstance(pred, torch.Tensor) or pred.shape != target.shape:
-        got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
-        raise ValueError(f"pred must be labels shaped like target {tuple(target.shape)}, got {got}")
+    pred, target = as_tensor(pred, "pred"), as_tensor(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred must be labels shaped like target {tuple(target.shape)}, "
+                         f"got {tuple(pred.shape)}")
     band = boundary_mask(target, radius, ignore_index)
     total = int(band.sum())
     return float((pred == target)[band].sum()) / total if total else float("nan")

@@ -19,6 +19,32 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 
+def _check_detections(predictions, targets, iou_threshold) -> None:
+    """One prediction dict per target dict, each with consistent masks / labels (/ scores)."""
+    if not isinstance(predictions, (list, tuple)) or not isinstance(targets, (list, tuple)):
+        raise ValueError("predictions and targets must be lists of dicts, one per image; got "
+                         f"{type(predictions).__name__} and {type(targets).__name__}")
+    if len(predictions) != len(targets):
+        raise ValueError(f"one prediction per target image is expected: got {len(predictions)} "
+                         f"prediction(s) for {len(targets)} target(s)")
+    if not 0.0 <= float(iou_threshold) <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    for i, (p, t) in enumerate(zip(predictions, targets)):
+        for name, d, keys in (("predictions", p, ("masks", "labels", "scores")),
+                              ("targets", t, ("masks", "labels"))):
+            missing = [k for k in keys if not isinstance(d, dict) or k not in d]
+            if missing:
+                raise ValueError(f"{name}[{i}] must be a dict with {list(keys)}; missing {missing}")
+            n = len(d["labels"])
+            if d["masks"].dim() != 3 or len(d["masks"]) != n or ("scores" in keys
+                                                                  and len(d["scores"]) != n):
+                raise ValueError(f"{name}[{i}]: masks [n, H, W], labels [n] (and scores [n]) "
+                                 f"must agree, got masks {tuple(d['masks'].shape)}, {n} labels")
+        if p["masks"].shape[-2:] != t["masks"].shape[-2:] and len(p["masks"]) and len(t["masks"]):
+            raise ValueError(f"image {i}: predicted masks are {tuple(p['masks'].shape[-2:])}, "
+                             f"target masks {tuple(t['masks'].shape[-2:])}")
+
+
 def mask_average_precision(predictions: list[dict], targets: list[dict],
                            iou_threshold: float = 0.5) -> dict:
     """COCO-style mask AP at one IoU threshold (e.g. AP@0.5), averaged over classes.
@@ -31,6 +57,7 @@ def mask_average_precision(predictions: list[dict], targets: list[dict],
 
     Returns ``{"ap": float, "per_class": {label: ap}}``.
     """
+    _check_detections(predictions, targets, iou_threshold)
     classes = sorted({int(c) for t in targets for c in t["labels"]})
     per_class = {}
     for c in classes:

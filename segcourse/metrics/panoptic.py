@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_same_shape
+from .._checks import as_tensor, check_same_shape
 
 __all__ = ["panoptic_quality"]
 
@@ -22,12 +22,15 @@ def _panoptic_segments(labels: torch.Tensor, valid: torch.Tensor, stuff: torch.T
     per_pixel = torch.full(valid.shape, -1, dtype=torch.int64, device=labels.device)
     if pairs.numel() == 0:
         return per_pixel, pairs[:, 0]
-    # one integer key per (category, instance) pair: a 1-D unique is much faster than unique(dim=0)
-    low = pairs.min(dim=0).values
-    span = int(pairs[:, 1].max() - low[1]) + 1
-    keys, index = torch.unique((pairs[:, 0] - low[0]) * span + (pairs[:, 1] - low[1]), return_inverse=True)
+    # One integer key per (category, instance) pair: a 1-D unique is much faster than
+    # unique(dim=0). Ids are first replaced by their rank among the ids present, so the key
+    # stays below (number of pixels)^2 whatever the ids' size -- no int64 overflow.
+    categories, cat_rank = torch.unique(pairs[:, 0], return_inverse=True)
+    _, inst_rank = torch.unique(pairs[:, 1], return_inverse=True)
+    span = int(inst_rank.max()) + 1
+    keys, index = torch.unique(cat_rank * span + inst_rank, return_inverse=True)
     per_pixel[valid] = index
-    return per_pixel, keys // span + low[0]
+    return per_pixel, categories[keys // span]
 
 
 def panoptic_quality(preds: torch.Tensor, target: torch.Tensor, things, stuffs) -> dict:
@@ -64,10 +67,11 @@ def panoptic_quality(preds: torch.Tensor, target: torch.Tensor, things, stuffs) 
     things, stuffs = [int(c) for c in things], [int(c) for c in stuffs]
     if set(things) & set(stuffs):
         raise ValueError(f"things and stuffs must be disjoint, both contain {sorted(set(things) & set(stuffs))}")
+    preds, target = as_tensor(preds, "preds"), as_tensor(target, "target")
     for name, x in (("preds", preds), ("target", target)):
-        if not isinstance(x, torch.Tensor) or x.dim() < 3 or x.shape[-1] != 2:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must have shape [..., H, W, 2] (category_id, instance_id), got {shape}")
+        if x.dim() < 3 or x.shape[-1] != 2:
+            raise ValueError(f"{name} must have shape [..., H, W, 2] (category_id, instance_id), "
+                             f"got {tuple(x.shape)}")
         if x.is_floating_point() or x.dtype == torch.bool:
             raise ValueError(f"{name} must be an integer tensor, got dtype {x.dtype}")
     check_same_shape(preds, target, "preds", "target")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_labels, check_same_shape
+from .._checks import as_tensor, check_labels, check_same_shape
 
 __all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy",
            "class_accuracy", "SegmentationMetric"]
@@ -25,8 +25,6 @@ __all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy",
 
 def _as_labels(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Accept predicted labels ``[..., H, W]`` or logits ``[B, K, H, W]`` (argmax taken)."""
-    if not isinstance(pred, torch.Tensor):
-        raise ValueError(f"pred must be a torch.Tensor, got {type(pred).__name__}")
     if pred.is_floating_point() and pred.dim() == target.dim() + 1:
         return pred.argmax(dim=1)
     return pred
@@ -41,6 +39,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    pred, target = as_tensor(pred, "pred"), as_tensor(target, "target")
     pred = _as_labels(pred, target)
     check_same_shape(pred, target)
     check_labels(target, num_classes, ignore_index, name="target")

@@ -31,14 +31,16 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tta_predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (0.75, 1.0, 1.25),
-                flip: bool = True, batch_size: int | None = None) -> torch.Tensor:
-    """Class probabilities ``[B, K, H, W]`` averaged over ``len(scales) * (2 if flip else 1)`` views.
+def tta_predict(model: nn.Module, images: torch.Tensor,
+                scales: Sequence[float] = (0.75, 1.0, 1.25), flip: bool = True,
+                batch_size: int | None = None) -> torch.Tensor:
+    """Class probabilities ``[B, K, H, W]`` averaged over ``len(scales) * (1 + flip)`` views.
 
     Args:
         model: maps images ``[B, C, h, w]`` to logits ``[B, K, h, w]`` (any ``h, w`` it supports;
             the scaled sizes are ``round(scale * H)``, so keep them within the model's minimum).
-        images: ``[B, C, H, W]`` float batch, on any device (moved to the model's device).
+        images: ``[B, C, H, W]`` float batch, on any device and of any float dtype (moved to
+            the model's device and cast to its parameters' dtype).
         scales: resize factors; ``(1.0,)`` with ``flip=False`` is plain inference.
         flip: also predict on the horizontally flipped images (flipped back before averaging).
         batch_size: split the batch into chunks of this size (None: all at once).
@@ -47,11 +49,18 @@ def tta_predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] 
     Returns float32 probabilities on the device of ``images``.
     """
     check_images(images, name="images")
-    scales = [float(s) for s in scales]
-    if not scales or any(s <= 0 for s in scales):
+    if not isinstance(scales, Sequence) or isinstance(scales, str):
+        raise ValueError(f"scales must be a sequence of positive numbers, e.g. ({scales!r},), "
+                         f"got {type(scales).__name__} {scales!r}")
+    if not scales or any(not isinstance(s, (int, float)) or not s > 0 for s in scales):
         raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales}")
+    scales = [float(s) for s in scales]
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else images.device
+    # the views are fed in the model's dtype (float64 images into a float32 model are cast)
+    dtype = parameter.dtype if parameter is not None else images.dtype
     B, _, H, W = images.shape
     step = batch_size or B
     was_training = model.training
@@ -59,7 +68,7 @@ def tta_predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] 
     try:
         chunks = []
         for start in range(0, B, step):
-            batch = images[start:start + step].to(device)
+            batch = images[start:start + step].to(device, dtype)
             total = None
             for scale in scales:
                 size = (max(1, round(scale * H)), max(1, round(scale * W)))
@@ -71,7 +80,8 @@ def tta_predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] 
                     plain, flipped = probs.chunk(2)
                     probs = torch.cat([plain, flipped.flip(-1)])   # undo the flip
                 probs = _resize(probs, (H, W))
-                probs = probs.reshape(-1, batch.shape[0], *probs.shape[1:]).sum(0)  # (views, b, K, H, W) -> sum
+                # (views, b, K, H, W) -> sum over the views
+                probs = probs.reshape(-1, batch.shape[0], *probs.shape[1:]).sum(0)
                 total = probs if total is None else total + probs
             chunks.append((total / (len(scales) * (2 if flip else 1))).to(images.device))
     finally:

@@ -100,6 +100,16 @@ def test_bad_input_raises():
         tta_predict(net, torch.rand(1, 3, 32, 32), scales=())
     with pytest.raises(ValueError, match="scales"):
         tta_predict(net, torch.rand(1, 3, 32, 32), scales=(1.0, -0.5))
+    with pytest.raises(ValueError, match=r"scales must be a sequence .* e\.g\. \(0\.5,\)"):
+        tta_predict(net, torch.rand(1, 3, 32, 32), scales=0.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        tta_predict(net, torch.rand(1, 3, 32, 32), batch_size=0)
+
+
+def test_float64_images_follow_the_model_dtype():
+    net = small_net()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(tta_predict(net, x), tta_predict(net, x.float()))
 
 
 def test_tta_figure_and_explorer():

@@ -23,11 +23,13 @@ from segcourse.data import ShapesDataset
 from segcourse.metrics import mean_iou
 
 
-def coarse_probs(mask: torch.Tensor, num_classes: int, factor: int = 8, seed: int = 0) -> torch.Tensor:
+def coarse_probs(mask: torch.Tensor, num_classes: int, factor: int = 8,
+                 seed: int = 0) -> torch.Tensor:
     """Blurry, blocky, noisy class probabilities ``[K, H, W]`` around a label map ``[H, W]``."""
     H, W = mask.shape
     one_hot = F.one_hot(mask, num_classes).permute(2, 0, 1).float()[None]
-    blocky = F.interpolate(F.avg_pool2d(one_hot, factor), size=(H, W), mode="bilinear", align_corners=False)
+    blocky = F.interpolate(F.avg_pool2d(one_hot, factor), size=(H, W), mode="bilinear",
+                           align_corners=False)
     noise = torch.randn(blocky.shape, generator=torch.Generator().manual_seed(seed))
     return (4 * blocky + 0.5 * noise)[0].softmax(0)
 
@@ -74,7 +76,8 @@ def main() -> None:
             local_seconds += seconds
         local = torch.stack(local)
         print(f"{f'conv_crf k={k}':<22} {local_seconds / args.images:>10.3f} "
-              f"{exact_seconds / local_seconds:>8.1f}x {float((local == exact).float().mean()):>10.2%} "
+              f"{exact_seconds / local_seconds:>8.1f}x "
+              f"{float((local == exact).float().mean()):>10.2%} "
               f"{mean_iou(local, masks, data.num_classes):>7.3f}")
 
 

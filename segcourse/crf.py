@@ -5,8 +5,8 @@ them with a prior that *every* pair of pixels that are close, or close and simil
 should take the same label. Its energy, with a Potts compatibility ``mu(l, l') = [l != l']``, is
 
     E(x) = sum_i -log P_i(x_i) + sum_{i<j} mu(x_i, x_j) k(f_i, f_j)
-    k(f_i, f_j) = w_g exp(-|p_i - p_j|^2 / 2 theta_gamma^2)                           (smoothness)
-                + w_b exp(-|p_i - p_j|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)   (appearance)
+    k(f_i, f_j) = w_g exp(-|p_i - p_j|^2 / 2 theta_gamma^2)                            (smoothness)
+        + w_b exp(-|p_i - p_j|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)   (appearance)
 
 with ``p`` the pixel's (row, col) and ``I`` its RGB colour on 0-255. Mean-field inference
 (the paper's Alg. 1) starts from ``Q = P`` and repeats, for every pixel ``i`` and label ``l``,
@@ -46,9 +46,11 @@ def _check_inputs(image: torch.Tensor, probs: torch.Tensor) -> torch.dtype:
                             else type(probs).__name__))
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError("image must be an RGB tensor [3, H, W] on 0-255, got "
-                         + (f"{tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__))
+                         + (f"{tuple(image.shape)}" if isinstance(image, torch.Tensor)
+                            else type(image).__name__))
     if image.shape[1:] != probs.shape[1:]:
-        raise ValueError(f"image {tuple(image.shape)} and probs {tuple(probs.shape)} must have the same H, W")
+        raise ValueError(f"image {tuple(image.shape)} and probs {tuple(probs.shape)} "
+                         "must have the same H, W")
     if (probs < 0).any() or not torch.allclose(probs.sum(0), torch.ones_like(probs[0]), atol=1e-3):
         raise ValueError("probs must be non-negative and sum to 1 over classes (dim 0); "
                          "pass softmax(logits), not logits")
@@ -101,17 +103,20 @@ def _bilateral_features(image: torch.Tensor, theta_alpha: float, theta_beta: flo
     """
     _, H, W = image.shape
     rows, cols = torch.meshgrid(torch.arange(H, device=image.device, dtype=image.dtype),
-                                torch.arange(W, device=image.device, dtype=image.dtype), indexing="ij")
-    f = torch.cat([torch.stack([rows, cols]) / theta_alpha, image / theta_beta]).reshape(5, H * W).T  # [N, 5]
+                                torch.arange(W, device=image.device, dtype=image.dtype),
+                                indexing="ij")
+    f = torch.cat([torch.stack([rows, cols]) / theta_alpha, image / theta_beta])     # [5, H, W]
+    f = f.reshape(5, H * W).T                                                        # [N, 5]
     f = f - f.mean(0)
     half_norm = (f * f).sum(1, keepdim=True) / 2
     ones = torch.ones_like(half_norm)
     return torch.cat([f, -half_norm, ones], 1), torch.cat([f, ones, -half_norm], 1)  # [N, 7] each
 
 
-def dense_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_gaussian: float = 3.0,
-              theta_gamma: float = 3.0, w_bilateral: float = 10.0, theta_alpha: float = 80.0,
-              theta_beta: float = 13.0, *, clip: float = 1e-5, memory_mb: float = 256) -> torch.Tensor:
+def dense_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5,
+              w_gaussian: float = 3.0, theta_gamma: float = 3.0,
+              w_bilateral: float = 10.0, theta_alpha: float = 80.0, theta_beta: float = 13.0, *,
+              clip: float = 1e-5, memory_mb: float = 256) -> torch.Tensor:
     """Exact mean-field inference of the fully connected CRF; returns ``Q`` ``[K, H, W]``.
 
     Args:
@@ -132,7 +137,8 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_g
     kernel is separable and costs ``O(N (H + W))``).
     """
     dtype = _check_inputs(image, probs)
-    _check_parameters(iterations, theta_gamma=theta_gamma, theta_alpha=theta_alpha, theta_beta=theta_beta)
+    _check_parameters(iterations, theta_gamma=theta_gamma, theta_alpha=theta_alpha,
+                      theta_beta=theta_beta)
     K, H, W = probs.shape
     N = H * W
     probs = probs.to(dtype)
@@ -141,21 +147,23 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_g
     chunk = max(1, min(N, int(memory_mb * 2 ** 20 / (N * itemsize))))
     bounds = [(start, min(start + chunk, N)) for start in range(0, N, chunk)]
 
-    def appearance_rows(start: int, stop: int) -> torch.Tensor:             # [stop - start, N]
-        kernel = (a[start:stop] @ b.T).exp_()                                # in place: one block in memory
+    def appearance_rows(start: int, stop: int) -> torch.Tensor:     # [stop - start, N]
+        kernel = (a[start:stop] @ b.T).exp_()                       # in place: one block in memory
         rows = torch.arange(stop - start, device=kernel.device)
-        kernel[rows, rows + start] = 0                                        # the sum runs over j != i
+        kernel[rows, rows + start] = 0                              # the sum runs over j != i
         return kernel
 
-    cached = [appearance_rows(*bound) for bound in bounds] if len(bounds) == 1 and iterations > 0 else None
+    cached = ([appearance_rows(*bound) for bound in bounds]
+              if len(bounds) == 1 and iterations > 0 else None)
 
-    def message(q: torch.Tensor) -> torch.Tensor:                            # [K, H, W] -> [K, H, W]
-        q_flat = q.reshape(K, N).T                                           # [N, K]
+    def message(q: torch.Tensor) -> torch.Tensor:                   # [K, H, W] -> [K, H, W]
+        q_flat = q.reshape(K, N).T                                  # [N, K]
         appearance = torch.empty_like(q_flat)
         for index, (start, stop) in enumerate(bounds):
             kernel = cached[index] if cached is not None else appearance_rows(start, stop)
-            appearance[start:stop] = kernel @ q_flat                         # sum_j k_ij Q_j
-        return w_gaussian * _gaussian_message(q, theta_gamma) + w_bilateral * appearance.T.reshape(K, H, W)
+            appearance[start:stop] = kernel @ q_flat                # sum_j k_ij Q_j
+        return (w_gaussian * _gaussian_message(q, theta_gamma)
+                + w_bilateral * appearance.T.reshape(K, H, W))
 
     unary = probs.clamp(min=clip).log()
     return _mean_field(unary, probs, message, iterations)
@@ -163,9 +171,10 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_g
 
 # --- local: pairs within a k x k window (ConvCRF) -------------------------------------------
 
-def conv_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_gaussian: float = 3.0,
-             theta_gamma: float = 3.0, w_bilateral: float = 10.0, theta_alpha: float = 80.0,
-             theta_beta: float = 13.0, *, kernel_size: int = 11, clip: float = 1e-5) -> torch.Tensor:
+def conv_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5,
+             w_gaussian: float = 3.0, theta_gamma: float = 3.0,
+             w_bilateral: float = 10.0, theta_alpha: float = 80.0, theta_beta: float = 13.0, *,
+             kernel_size: int = 11, clip: float = 1e-5) -> torch.Tensor:
     """Mean-field inference with messages only from the ``kernel_size x kernel_size`` window.
 
     Same model and arguments as :func:`dense_crf`, but ``k(f_i, f_j) = 0`` when ``j`` is more than
@@ -177,7 +186,8 @@ def conv_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_ga
     than a small window, so the two differ most in how far colour evidence spreads.
     """
     dtype = _check_inputs(image, probs)
-    _check_parameters(iterations, theta_gamma=theta_gamma, theta_alpha=theta_alpha, theta_beta=theta_beta)
+    _check_parameters(iterations, theta_gamma=theta_gamma, theta_alpha=theta_alpha,
+                      theta_beta=theta_beta)
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
     K, H, W = probs.shape
@@ -185,7 +195,7 @@ def conv_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_ga
     probs = probs.to(dtype)
     image = image.to(device=probs.device, dtype=dtype)
 
-    def window(x: torch.Tensor) -> torch.Tensor:                            # [C, H, W] -> [C, k*k, H, W]
+    def window(x: torch.Tensor) -> torch.Tensor:                    # [C, H, W] -> [C, k*k, H, W]
         return F.unfold(x[None], k, padding=r).reshape(x.shape[0], k * k, H, W)
 
     # Offsets (dy, dx) of the k*k window positions, in unfold's row-major order.
@@ -193,10 +203,11 @@ def conv_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5, w_ga
     d_pos = (offsets[:, None] ** 2 + offsets[None, :] ** 2).reshape(k * k, 1, 1)     # [k*k, 1, 1]
     d_rgb = ((window(image) - image[:, None]) ** 2).sum(0)                           # [k*k, H, W]
     kernel = (w_gaussian * torch.exp(-d_pos / (2 * theta_gamma ** 2))
-              + w_bilateral * torch.exp(-d_pos / (2 * theta_alpha ** 2) - d_rgb / (2 * theta_beta ** 2)))
+              + w_bilateral * torch.exp(-d_pos / (2 * theta_alpha ** 2)
+                                        - d_rgb / (2 * theta_beta ** 2)))
     kernel[k * k // 2] = 0                                                           # j != i
 
-    def message(q: torch.Tensor) -> torch.Tensor:                            # [K, H, W] -> [K, H, W]
+    def message(q: torch.Tensor) -> torch.Tensor:                   # [K, H, W] -> [K, H, W]
         # unfold pads Q with zeros, so neighbours off the image contribute nothing.
         return (window(q) * kernel).sum(1)
 

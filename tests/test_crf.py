@@ -20,7 +20,8 @@ def _brute_force(image, probs, iterations, w_gaussian, theta_gamma, w_bilateral,
     K, H, W = probs.shape
     pixels = [(r, c) for r in range(H) for c in range(W)]
     img = image.tolist()
-    unary = [[-math.log(max(float(probs[l, r, c]), clip)) for l in range(K)] for r, c in pixels]
+    unary = [[-math.log(max(float(probs[label, r, c]), clip)) for label in range(K)]
+             for r, c in pixels]
 
     def kernel(i, j):
         (ri, ci), (rj, cj) = pixels[i], pixels[j]
@@ -29,18 +30,19 @@ def _brute_force(image, probs, iterations, w_gaussian, theta_gamma, w_bilateral,
         d_pos = (ri - rj) ** 2 + (ci - cj) ** 2
         d_rgb = sum((img[ch][ri][ci] - img[ch][rj][cj]) ** 2 for ch in range(3))
         return (w_gaussian * math.exp(-d_pos / (2 * theta_gamma ** 2))
-                + w_bilateral * math.exp(-d_pos / (2 * theta_alpha ** 2) - d_rgb / (2 * theta_beta ** 2)))
+                + w_bilateral * math.exp(-d_pos / (2 * theta_alpha ** 2)
+                                         - d_rgb / (2 * theta_beta ** 2)))
 
     k = [[kernel(i, j) for j in range(len(pixels))] for i in range(len(pixels))]
-    q = [[float(probs[l, r, c]) for l in range(K)] for r, c in pixels]
+    q = [[float(probs[label, r, c]) for label in range(K)] for r, c in pixels]
     for _ in range(iterations):
         new_q = []
         for i in range(len(pixels)):
             energy = []
-            for l in range(K):
+            for label in range(K):
                 penalty = sum(k[i][j] * q[j][other] for j in range(len(pixels)) if j != i
-                              for other in range(K) if other != l)
-                energy.append(unary[i][l] + penalty)
+                              for other in range(K) if other != label)
+                energy.append(unary[i][label] + penalty)
             low = min(energy)
             weights = [math.exp(low - e) for e in energy]
             new_q.append([w / sum(weights) for w in weights])
@@ -60,9 +62,11 @@ def _case(seed, K=3, H=4, W=5):
 def test_dense_crf_matches_brute_force(seed, iterations):
     image, probs = _case(seed)
     expected = _brute_force(image, probs, iterations, **PARAMS)
-    torch.testing.assert_close(dense_crf(image, probs, iterations, **PARAMS), expected, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(dense_crf(image, probs, iterations, **PARAMS), expected,
+                               rtol=1e-9, atol=1e-10)
     # Float32 with the default parameters agrees to float32 rounding of the feature expansion.
-    default = dict(w_gaussian=3.0, theta_gamma=3.0, w_bilateral=10.0, theta_alpha=80.0, theta_beta=13.0)
+    default = dict(w_gaussian=3.0, theta_gamma=3.0,
+                   w_bilateral=10.0, theta_alpha=80.0, theta_beta=13.0)
     expected = _brute_force(image, probs, iterations, **default)
     torch.testing.assert_close(dense_crf(image.float(), probs.float(), iterations, **default),
                                expected.float(), rtol=1e-4, atol=1e-5)
@@ -71,7 +75,8 @@ def test_dense_crf_matches_brute_force(seed, iterations):
 def test_dense_crf_chunked_equals_one_block():
     image, probs = _case(3, K=4, H=9, W=7)
     one_block = dense_crf(image, probs, 4, **PARAMS)
-    chunked = dense_crf(image, probs, 4, **PARAMS, memory_mb=9 * 7 * 8 * 5 / 2 ** 20)  # 5 rows a block
+    # 5 rows a block: N = 9 * 7 pixels, 8 bytes a float64
+    chunked = dense_crf(image, probs, 4, **PARAMS, memory_mb=9 * 7 * 8 * 5 / 2 ** 20)
     torch.testing.assert_close(chunked, one_block, rtol=1e-12, atol=1e-12)
 
 
@@ -79,14 +84,14 @@ def test_dense_crf_chunked_equals_one_block():
 def test_conv_crf_matches_windowed_brute_force(kernel_size):
     image, probs = _case(4, H=5, W=6)
     expected = _brute_force(image, probs, 2, **PARAMS, window=kernel_size // 2)
-    torch.testing.assert_close(conv_crf(image, probs, 2, **PARAMS, kernel_size=kernel_size), expected,
-                               rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(conv_crf(image, probs, 2, **PARAMS, kernel_size=kernel_size),
+                               expected, rtol=1e-9, atol=1e-10)
 
 
 def test_conv_crf_with_full_window_is_dense_crf():
     image, probs = _case(5, K=4, H=6, W=8)
-    torch.testing.assert_close(conv_crf(image, probs, 5, kernel_size=15), dense_crf(image, probs, 5),
-                               rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(conv_crf(image, probs, 5, kernel_size=15),
+                               dense_crf(image, probs, 5), rtol=1e-9, atol=1e-10)
 
 
 def test_zero_iterations_and_zero_weights_return_probs():

@@ -1,17 +1,25 @@
 """Segmentation models, one file per family, and a registry to build them by name.
 
 Every *semantic* model registered here takes images ``[B, C, H, W]`` with any ``H, W >= 32`` and
-returns logits ``[B, num_classes, H, W]`` at input resolution. Registry defaults are small enough
-to train on a laptop CPU; the paper configurations are one keyword argument away (see each
-family's docstring).
+returns logits ``[B, num_classes, H, W]`` at input resolution. Every builder has one signature,
+``name(num_classes, in_channels=3, paper=False, **overrides)``, and one body (see
+:mod:`segcourse.models.config`): the family's frozen config dataclass -- its CPU-sized ``SMALL``
+(the default) or, with ``paper=True``, its ``PAPER`` instance with the published sizes -- with
+the fields named in ``overrides`` replaced::
 
     >>> from segcourse import models
     >>> models.list_models()            # doctest: +SKIP
-    >>> net = models.build("unet", num_classes=5)
+    >>> net = models.build("unet", num_classes=5)                       # SMALL: 16 ... 256
+    >>> big = models.build("unet", num_classes=2, paper=True)           # PAPER: 64 ... 1024
+    >>> bil = models.build("unet", num_classes=2, paper=True, bilinear=True)
+
+Families with a table of published sizes name a row instead: SegFormer ``variant="b0".."b5"``,
+SETR ``encoder="vit_b16"`` / ``"vit_l16"``.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -22,11 +30,15 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
-    """Decorator: register ``builder(num_classes, in_channels=3, **kwargs) -> nn.Module``."""
+    """Decorator: register ``builder(num_classes, in_channels=3, paper=False, **overrides)``."""
 
     def decorator(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
+        params = inspect.signature(builder).parameters
+        missing = [p for p in ("num_classes", "in_channels", "paper") if p not in params]
+        if missing:  # the contract `build` relies on, checked once at import
+            raise ValueError(f"builder {name!r} lacks the argument(s) {missing}")
         _REGISTRY[name] = builder
         return builder
 
@@ -38,13 +50,22 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Construct the registered model ``name``; extra keyword arguments go to its constructor."""
+def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False,
+          **overrides) -> nn.Module:
+    """Construct the registered model ``name``.
+
+    ``paper=True`` gives the published configuration (the family's ``PAPER``), the default the
+    CPU-sized one (``SMALL``); ``overrides`` replace fields of that config by name (a name that
+    is not a field raises ``ValueError`` listing the fields).
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, paper=paper,
+                           **overrides)
 
 
 # Importing a family module registers its models. Keep one line per family file.

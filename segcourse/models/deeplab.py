@@ -24,7 +24,7 @@ The flow (shapes for a 64 x 64 input at output stride 16):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .._checks import check_images
 from . import register
 from .blocks import ConvBNReLU, upsample_like
+from .config import configure
 from .resnet import resnet
 
 __all__ = ["DeepLabConfig", "SMALL", "PAPER", "atrous_rates", "PoolingBatchNorm2d", "ASPPPooling",
@@ -51,9 +52,9 @@ class DeepLabConfig:
     decoder_channels: int = 256     # V3+: the two 3x3 convs after the concatenation
 
 
-PAPER = DeepLabConfig()
-# CPU-sized: ResNet-18 at a quarter of its width and a 4x narrower head; trains on the shapes in
-# seconds (as accurate there as at half width, for a third of the compute).
+PAPER = DeepLabConfig()  # paper=True: ResNet-101, output stride 16, ASPP 256, decoder 48 + 256
+# The registry default, CPU-sized: ResNet-18 at a quarter of its width and a 4x narrower head;
+# trains on the shapes in seconds (as accurate there as at half width, for a third of the compute).
 SMALL = DeepLabConfig(depth=18, width=16, aspp_channels=64, low_level_channels=16,
                       decoder_channels=64)
 
@@ -157,7 +158,7 @@ class DeepLabHead(nn.Sequential):
 
 
 class DeepLabV3(nn.Module):
-    """Dilated ResNet -> ASPP head on ``layer4`` -> logits upsampled bilinearly to the input size."""
+    """Dilated ResNet -> ASPP head on ``layer4`` -> logits bilinearly upsampled to the input."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, config: DeepLabConfig = SMALL):
         super().__init__()
@@ -197,13 +198,13 @@ class Decoder(nn.Module):
 
     def forward(self, aspp: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         low_level = self.project(low_level)                  # (B, 48, H/4, W/4)
-        aspp = upsample_like(aspp, low_level)                # (B, 256, H/os, ..) -> (B, 256, H/4, ..)
+        aspp = upsample_like(aspp, low_level)                # (B, 256, H/os, ..) -> H/4
         x = self.fuse(torch.cat([aspp, low_level], dim=1))   # (B, 304, H/4, W/4) -> (B, 256, ...)
         return self.classifier(x)                            # (B, K, H/4, W/4)
 
 
 class DeepLabV3Plus(nn.Module):
-    """Dilated ResNet -> ASPP on ``layer4`` -> decoder with ``layer1`` -> upsample x4 to the input."""
+    """Dilated ResNet -> ASPP on ``layer4`` -> decoder with ``layer1`` -> upsample x4."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, config: DeepLabConfig = SMALL):
         super().__init__()
@@ -225,16 +226,12 @@ class DeepLabV3Plus(nn.Module):
 # --- Registry -----------------------------------------------------------------------------------
 
 
-def _config(paper: bool, overrides: dict) -> DeepLabConfig:
-    return replace(PAPER if paper else SMALL, **overrides)
-
-
 @register("deeplabv3")
 def deeplabv3(num_classes: int, in_channels: int = 3, paper: bool = False,
               **overrides) -> DeepLabV3:
     """DeepLabV3; ``paper=True`` for ResNet-101 with a 256-channel ASPP (overrides: any
     :class:`DeepLabConfig` field, e.g. ``depth=50, output_stride=8`` = torchvision's)."""
-    return DeepLabV3(num_classes, in_channels, _config(paper, overrides))
+    return DeepLabV3(num_classes, in_channels, configure(PAPER if paper else SMALL, **overrides))
 
 
 @register("deeplabv3plus")
@@ -242,4 +239,5 @@ def deeplabv3plus(num_classes: int, in_channels: int = 3, paper: bool = False,
                   **overrides) -> DeepLabV3Plus:
     """DeepLabV3+; ``paper=True`` for ResNet-101, ASPP 256, decoder 48 + 2 x 256 (overrides: any
     :class:`DeepLabConfig` field)."""
-    return DeepLabV3Plus(num_classes, in_channels, _config(paper, overrides))
+    config = configure(PAPER if paper else SMALL, **overrides)
+    return DeepLabV3Plus(num_classes, in_channels, config)

@@ -40,13 +40,14 @@ Design decisions, documented where the reference leaves a choice:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .._checks import check_images
 from . import register
+from .config import configure
 
 __all__ = ["FCN", "FCNConfig", "PAPER", "SMALL", "VGG16Features", "bilinear_kernel",
            "bilinear_upsampling", "crop_offsets", "load_vgg16_weights", "fcn32s", "fcn8s"]
@@ -68,7 +69,8 @@ class FCNConfig:
     skip_scales: tuple[float, float] = (1.0, 1.0)  # pool4, pool3; the at-once model: 0.01, 1e-4
 
 
-PAPER = FCNConfig()
+PAPER = FCNConfig()  # paper=True: VGG16 as published
+# the registry default: 8x narrower (fc 32x), BatchNorm to train from scratch, a 4 x 4 fc6
 SMALL = FCNConfig(widths=(8, 16, 32, 64, 64), fc_channels=128, fc6_kernel=4, first_pad=34,
                   batch_norm=True, dropout=0.1)
 
@@ -300,17 +302,15 @@ def load_vgg16_weights(model: FCN, state_dict: dict | None = None, progress: boo
 
 # --- Registry ----------------------------------------------------------------------------------
 
-def _config(paper: bool, overrides: dict) -> FCNConfig:
-    return replace(PAPER if paper else SMALL, **overrides)
-
-
 @register("fcn32s")
 def fcn32s(num_classes: int, in_channels: int = 3, paper: bool = False, **overrides) -> FCN:
     """FCN-32s; ``paper=True`` for VGG16 (overrides: any :class:`FCNConfig` field)."""
-    return FCN(num_classes, in_channels, stride=32, config=_config(paper, overrides))
+    config = configure(PAPER if paper else SMALL, **overrides)
+    return FCN(num_classes, in_channels, stride=32, config=config)
 
 
 @register("fcn8s")
 def fcn8s(num_classes: int, in_channels: int = 3, paper: bool = False, **overrides) -> FCN:
     """FCN-8s; ``paper=True`` for VGG16 (overrides: any :class:`FCNConfig` field)."""
-    return FCN(num_classes, in_channels, stride=8, config=_config(paper, overrides))
+    config = configure(PAPER if paper else SMALL, **overrides)
+    return FCN(num_classes, in_channels, stride=8, config=config)

@@ -24,11 +24,17 @@ Read top to bottom like the paper (section 3):
 The six published sizes B0..B5 come from one table (:data:`VARIANTS`) and one constructor::
 
     model = SegFormer(num_classes=150, variant="b2")
+    model = build("segformer", 150, paper=True, variant="b2")   # the same, through the registry
+
+B0 (3.8 M parameters) is small enough for a CPU, so it is both the registry default (``SMALL``)
+and ``PAPER``: ``paper=True`` alone gives B0, ``variant="b1".."b5"`` a larger published row, and
+keyword overrides replace any :class:`SegFormerConfig` field (``drop_path=0.0``).
 
 Pretrained weights (on Colab, with ``transformers`` installed)::
 
     from transformers import SegformerForSemanticSegmentation
-    hf = SegformerForSemanticSegmentation.from_pretrained("nvidia/segformer-b0-finetuned-ade-512-512")
+    name = "nvidia/segformer-b0-finetuned-ade-512-512"
+    hf = SegformerForSemanticSegmentation.from_pretrained(name)
     model = SegFormer(num_classes=150, variant="b0")
     model.load_state_dict(convert_hf_state_dict(hf.state_dict()))
 
@@ -49,10 +55,12 @@ import torch.nn.functional as F
 from .._checks import check_images
 from . import register
 from .blocks import ConvBNReLU, upsample_like
+from .config import configure
 
-__all__ = ["SegFormerConfig", "VARIANTS", "OverlapPatchEmbed", "EfficientSelfAttention",
-           "MixFFN", "MiTBlock", "MiTStage", "MixTransformer", "AllMLPDecoder", "SegFormer",
-           "DropPath", "convert_hf_state_dict"]
+__all__ = ["SegFormerConfig", "VARIANTS", "SMALL", "PAPER", "variant_config",
+           "OverlapPatchEmbed", "EfficientSelfAttention", "MixFFN", "MiTBlock", "MiTStage",
+           "MixTransformer", "AllMLPDecoder", "SegFormer", "DropPath", "convert_hf_state_dict",
+           "segformer"]
 
 # The original MiT normalises blocks and stage outputs with eps=1e-6 (``partial(nn.LayerNorm,
 # eps=1e-6)`` in mix_transformer.py) and uses PyTorch's default 1e-5 in the patch embedding and
@@ -68,11 +76,14 @@ class SegFormerConfig:
     depths: tuple[int, int, int, int]  # transformer blocks per stage (L_i)
     decoder_width: int  # C of the all-MLP decoder: 256 for B0/B1, 768 for B2..B5
     num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)  # N_i: head dim 32 (B0) or 64
-    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)  # R_i: stage i is (H/4)/2^i wide, R_i shrinks
-    # it to ~1/32 of the input for keys/values, a grid every input >= 32 pixels still has
+    # R_i: stage i is (H/4)/2^i wide, R_i shrinks it to ~1/32 of the input for keys/values, a
+    # grid every input >= 32 pixels still has
+    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
     mlp_ratio: int = 4  # Mix-FFN expansion E_i
     patch_sizes: tuple[int, int, int, int] = (7, 3, 3, 3)  # overlapping: kernel > stride
-    strides: tuple[int, int, int, int] = (4, 2, 2, 2)
+    strides: tuple[int, int, int, int] = (4, 2, 2, 2)  # stage resolutions 1/4, 1/8, 1/16, 1/32
+    drop_path: float = 0.1  # largest stochastic-depth rate, at the last block (drop_path_rate)
+    dropout: float = 0.1  # before the decoder's classifier (NVlabs configs: dropout_ratio=0.1)
 
 
 # One table for the six published sizes (paper Table 6; the configs of NVlabs/SegFormer and the
@@ -86,6 +97,18 @@ VARIANTS: dict[str, SegFormerConfig] = {
     "b4": SegFormerConfig(_WIDE, (3, 8, 27, 3), decoder_width=768),
     "b5": SegFormerConfig(_WIDE, (3, 6, 40, 3), decoder_width=768),
 }
+SMALL = VARIANTS["b0"]  # the registry default: B0 trains on a CPU
+PAPER = VARIANTS["b0"]  # paper=True; variant="b1".."b5" picks another published row
+
+
+def variant_config(variant: str | SegFormerConfig) -> SegFormerConfig:
+    """The row ``variant`` (``"b0"`` .. ``"b5"``) of :data:`VARIANTS`, or ``variant`` itself."""
+    if isinstance(variant, SegFormerConfig):
+        return variant
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SegFormer variant {variant!r}; "
+                         f"choose from {', '.join(VARIANTS)}")
+    return VARIANTS[variant]
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +165,8 @@ class EfficientSelfAttention(nn.Module):
             kv = x.transpose(1, 2).reshape(B, C, H, W)  # (B, N, C) -> (B, C, H, W)
             kv = self.sr(kv).flatten(2).transpose(1, 2)  # -> (B, H/R * W/R, C)
             kv = self.sr_norm(kv)
-        return self._split_heads(self.q(x)), self._split_heads(self.k(kv)), self._split_heads(self.v(kv))
+        split = self._split_heads
+        return split(self.q(x)), split(self.k(kv)), split(self.v(kv))
 
     def attention_map(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """The softmax weights ``(B, heads, N, N / R^2)``: where each query looks (for plots)."""
@@ -238,11 +262,11 @@ class MiTStage(nn.Module):
 class MixTransformer(nn.Module):
     """MiT encoder: four stages, features at strides 4, 8, 16, 32 (``stage1`` .. ``stage4``)."""
 
-    def __init__(self, config: SegFormerConfig, in_channels: int = 3, drop_path: float = 0.1):
+    def __init__(self, config: SegFormerConfig, in_channels: int = 3):
         super().__init__()
         # stochastic depth grows linearly from 0 to drop_path over all blocks (as in the paper)
         total = sum(config.depths)
-        rates = [drop_path * i / max(total - 1, 1) for i in range(total)]
+        rates = [config.drop_path * i / max(total - 1, 1) for i in range(total)]
         channels = (in_channels,) + tuple(config.hidden_sizes)
         self.stages = nn.ModuleList()
         for i, depth in enumerate(config.depths):
@@ -293,26 +317,21 @@ class AllMLPDecoder(nn.Module):
 class SegFormer(nn.Module):
     """SegFormer-B0..B5: MiT encoder + all-MLP decoder, logits at input resolution.
 
-    ``variant`` is a key of :data:`VARIANTS` or a :class:`SegFormerConfig` (for experiments,
-    e.g. ``dataclasses.replace(VARIANTS["b0"], sr_ratios=(1, 1, 1, 1))``). ``drop_path`` is the
-    largest stochastic-depth rate (0.1 in the paper), ``dropout`` the decoder's (0.1).
+    ``variant`` is a key of :data:`VARIANTS` or a :class:`SegFormerConfig`; keyword
+    ``overrides`` replace its fields (``SegFormer(5, sr_ratios=(1, 1, 1, 1))``,
+    ``SegFormer(5, variant="b2", drop_path=0.0)``).
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3,
-                 variant: str | SegFormerConfig = "b0", drop_path: float = 0.1,
-                 dropout: float = 0.1):
+                 variant: str | SegFormerConfig = "b0", **overrides):
         super().__init__()
-        if isinstance(variant, str):
-            if variant not in VARIANTS:
-                raise ValueError(f"unknown SegFormer variant {variant!r}; "
-                                 f"choose from {', '.join(VARIANTS)}")
-            variant = VARIANTS[variant]
-        self.config = variant
+        config = configure(variant_config(variant), **overrides)
+        self.config = config
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.encoder = MixTransformer(variant, in_channels, drop_path)
-        self.decoder = AllMLPDecoder(variant.hidden_sizes, variant.decoder_width, num_classes,
-                                     dropout)
+        self.encoder = MixTransformer(config, in_channels)
+        self.decoder = AllMLPDecoder(config.hidden_sizes, config.decoder_width, num_classes,
+                                     config.dropout)
         self.apply(_init_weights)
 
     def forward_quarter(self, x: torch.Tensor) -> torch.Tensor:
@@ -418,7 +437,9 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 @register("segformer")
-def _build_segformer(num_classes: int, in_channels: int = 3, variant: str = "b0",
-                     **kwargs) -> SegFormer:
-    """SegFormer-B0 by default (3.75 M parameters with 150 classes); ``variant="b5"`` for B5."""
-    return SegFormer(num_classes, in_channels, variant=variant, **kwargs)
+def segformer(num_classes: int, in_channels: int = 3, paper: bool = False,
+              variant: str | SegFormerConfig | None = None, **overrides) -> SegFormer:
+    """SegFormer-B0 (``SMALL`` = ``PAPER``, 3.75 M parameters with 150 classes); ``variant="b5"``
+    for B5 (overrides: any :class:`SegFormerConfig` field)."""
+    base = variant_config(variant) if variant is not None else PAPER if paper else SMALL
+    return SegFormer(num_classes, in_channels, configure(base, **overrides))

@@ -25,10 +25,12 @@ Read top to bottom like the paper (section 3):
 Inputs whose sides are not multiples of P are zero-padded at the bottom/right (mmseg's
 "corner" padding) and the logits cropped back, so any H, W >= 32 works.
 
-Sizes: ``encoder="small"`` (1.8 M parameters, 8x8 patches) trains on a CPU;
-``encoder="vit_b16"`` is ViT-B/16 and ``"vit_l16"`` ViT-L/16, the paper's encoder
-(``build("setr_pup", K, paper=True)``). ImageNet weights from HF transformers load with
-:func:`convert_hf_vit_state_dict`.
+Sizes are rows of :data:`ENCODERS`: ``"small"`` (``SMALL``, the registry default: 1.8 M
+parameters, 8x8 patches) trains on a CPU; ``"vit_b16"`` is ViT-B/16 (the paper's "T-Base") and
+``"vit_l16"`` ViT-L/16 (``PAPER``, the paper's "T-Large", ``build("setr_pup", K, paper=True)``).
+The builders also take ``encoder="vit_b16"`` to start from another row, and any
+:class:`ViTConfig` field by keyword (``build("setr_pup", K, paper=True, depth=12)``). ImageNet
+weights from HF transformers load with :func:`convert_hf_vit_state_dict`.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ import torch.nn.functional as F
 from .._checks import check_images
 from . import register
 from .blocks import ConvBNReLU, upsample_like
+from .config import configure
 
-__all__ = ["ViTConfig", "ENCODERS", "resize_pos_embed", "SelfAttention", "TransformerBlock",
-           "ViTEncoder", "NaiveHead", "PUPHead", "SETR", "convert_hf_vit_state_dict"]
+__all__ = ["ViTConfig", "ENCODERS", "SMALL", "PAPER", "encoder_config", "resize_pos_embed",
+           "SelfAttention", "TransformerBlock", "ViTEncoder", "NaiveHead", "PUPHead", "SETR",
+           "convert_hf_vit_state_dict", "setr_naive", "setr_pup"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,17 @@ ENCODERS: dict[str, ViTConfig] = {
     "vit_b16": ViTConfig(patch_size=16, dim=768, depth=12, num_heads=12, image_size=224),
     "vit_l16": ViTConfig(patch_size=16, dim=1024, depth=24, num_heads=16, image_size=384),
 }
+SMALL = ENCODERS["small"]  # the registry default
+PAPER = ENCODERS["vit_l16"]  # paper=True
+
+
+def encoder_config(encoder: str | ViTConfig) -> ViTConfig:
+    """The :class:`ViTConfig` named ``encoder`` (a key of :data:`ENCODERS`), or ``encoder``."""
+    if isinstance(encoder, ViTConfig):
+        return encoder
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown SETR encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+    return ENCODERS[encoder]
 
 _LN_EPS = 1e-6  # ViT's LayerNorm epsilon (timm, mmseg and the JAX original)
 
@@ -196,10 +211,7 @@ class SETR(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, decoder: str = "naive",
                  encoder: str | ViTConfig = "small"):
         super().__init__()
-        if isinstance(encoder, str):
-            if encoder not in ENCODERS:
-                raise ValueError(f"unknown SETR encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
-            encoder = ENCODERS[encoder]
+        encoder = encoder_config(encoder)
         self.config = encoder
         self.in_channels = in_channels
         self.encoder = ViTEncoder(encoder, in_channels)
@@ -243,7 +255,8 @@ def convert_hf_vit_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     """Rename a HF ``ViTModel`` / ``ViTForImageClassification`` state dict to
     :class:`ViTEncoder`'s names (so ``google/vit-base-patch16-224`` can initialise SETR)::
 
-        hf = ViTModel.from_pretrained("google/vit-base-patch16-224-in21k", add_pooling_layer=False)
+        name = "google/vit-base-patch16-224-in21k"
+        hf = ViTModel.from_pretrained(name, add_pooling_layer=False)
         model = SETR(num_classes, decoder="pup", encoder="vit_b16")
         model.encoder.load_state_dict(convert_hf_vit_state_dict(hf.state_dict()))
 
@@ -251,18 +264,19 @@ def convert_hf_vit_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     (``layers.0.attention.q_proj``) names are accepted; the separate query/key/value weights
     are concatenated into ``qkv``. The pooler and ImageNet classifier are dropped.
     """
+    layer = r"^(?:encoder\.layer|layers)\.(\d+)\."  # transformers < 5 | >= 5
     renames = [
         (r"^embeddings\.cls_token$", "cls_token"),
         (r"^embeddings\.position_embeddings$", "pos_embed"),
         (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.query|q_proj)\.", r"blocks.\1.attn.q."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.key|k_proj)\.", r"blocks.\1.attn.k."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.value|v_proj)\.", r"blocks.\1.attn.v."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:output\.dense|o_proj)\.", r"blocks.\1.attn.proj."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.(?:intermediate\.dense|mlp\.fc1)\.", r"blocks.\1.mlp.0."),
-        (r"^(?:encoder\.layer|layers)\.(\d+)\.(?:output\.dense|mlp\.fc2)\.", r"blocks.\1.mlp.2."),
+        (layer + r"layernorm_before\.", r"blocks.\1.norm1."),
+        (layer + r"layernorm_after\.", r"blocks.\1.norm2."),
+        (layer + r"attention\.(?:attention\.query|q_proj)\.", r"blocks.\1.attn.q."),
+        (layer + r"attention\.(?:attention\.key|k_proj)\.", r"blocks.\1.attn.k."),
+        (layer + r"attention\.(?:attention\.value|v_proj)\.", r"blocks.\1.attn.v."),
+        (layer + r"attention\.(?:output\.dense|o_proj)\.", r"blocks.\1.attn.proj."),
+        (layer + r"(?:intermediate\.dense|mlp\.fc1)\.", r"blocks.\1.mlp.0."),
+        (layer + r"(?:output\.dense|mlp\.fc2)\.", r"blocks.\1.mlp.2."),
         (r"^layernorm\.", "norm."),
     ]
     converted, unknown = {}, []
@@ -289,16 +303,18 @@ def convert_hf_vit_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, 
 
 
 @register("setr_naive")
-def _build_setr_naive(num_classes: int, in_channels: int = 3, paper: bool = False,
-                      encoder: str | ViTConfig | None = None) -> SETR:
-    """SETR-Naive; the small CPU encoder by default, ``paper=True`` for the paper's ViT-L/16."""
-    encoder = encoder or ("vit_l16" if paper else "small")
-    return SETR(num_classes, in_channels, decoder="naive", encoder=encoder)
+def setr_naive(num_classes: int, in_channels: int = 3, paper: bool = False,
+               encoder: str | ViTConfig | None = None, **overrides) -> SETR:
+    """SETR-Naive; ``SMALL`` by default, ``paper=True`` for ViT-L/16, ``encoder`` for another row
+    of :data:`ENCODERS` (overrides: any :class:`ViTConfig` field)."""
+    base = encoder_config(encoder) if encoder is not None else PAPER if paper else SMALL
+    return SETR(num_classes, in_channels, "naive", configure(base, **overrides))
 
 
 @register("setr_pup")
-def _build_setr_pup(num_classes: int, in_channels: int = 3, paper: bool = False,
-                    encoder: str | ViTConfig | None = None) -> SETR:
-    """SETR-PUP; the small CPU encoder by default, ``paper=True`` for the paper's ViT-L/16."""
-    encoder = encoder or ("vit_l16" if paper else "small")
-    return SETR(num_classes, in_channels, decoder="pup", encoder=encoder)
+def setr_pup(num_classes: int, in_channels: int = 3, paper: bool = False,
+             encoder: str | ViTConfig | None = None, **overrides) -> SETR:
+    """SETR-PUP; ``SMALL`` by default, ``paper=True`` for ViT-L/16, ``encoder`` for another row
+    of :data:`ENCODERS` (overrides: any :class:`ViTConfig` field)."""
+    base = encoder_config(encoder) if encoder is not None else PAPER if paper else SMALL
+    return SETR(num_classes, in_channels, "pup", configure(base, **overrides))

@@ -16,10 +16,15 @@ reference code we pad every conv, so the output has the input's size. When a siz
 pooling drops the last row or column, and the upsampled map comes back one pixel short of the
 skip: we pad it at the bottom / right, which is exactly where that pixel was dropped.
 
-With ``base_channels=64, depth=4`` (features 64 ... 1024) the network is milesial's
-``UNet(n_channels=3, n_classes=2)``: 31,037,698 parameters with transposed-conv upsampling,
-17,263,042 with bilinear upsampling (where, as there, every decoder block outputs the width of
-the next skip, so the bottleneck has 512 channels instead of 1024).
+Sizes come from :class:`UNetConfig`. ``PAPER`` (``build("unet", 2, paper=True)``) has the
+paper's widths, 64 ... 1024 over four poolings, and is milesial's ``UNet(n_channels=3,
+n_classes=2)``: 31,037,698 parameters with transposed-conv upsampling, 17,263,042 with bilinear
+upsampling (where, as there, every decoder block outputs the width of the next skip, so the
+bottleneck has 512 channels instead of 1024). It differs from Ronneberger et al.'s network only
+by the padding (no parameters) and by BatchNorm in place of the convolutions' biases: one more
+parameter per channel of each 3 x 3 conv, 5,888 in all (the original, with one input channel,
+has 31,030,658).
+``SMALL``, the registry default, is the same network 4x narrower (16 ... 256), for a CPU.
 
 Attention U-Net gates each skip before concatenation. The gate (Oktay et al., Eq. 1-2) computes
 additive attention ``alpha = sigmoid(psi(relu(W_x x + W_g g)))`` from the skip ``x`` and the
@@ -27,11 +32,17 @@ additive attention ``alpha = sigmoid(psi(relu(W_x x + W_g g)))`` from the skip `
 2 x 2 stride-2 convolution that brings ``x`` onto ``g``'s grid, the coefficients are computed
 there and resampled bilinearly **to the skip's exact size**, and the gated skip ``alpha * x`` goes
 through a 1 x 1 conv + BatchNorm. Resampling to a *size* (not by a factor of 2) is what makes odd
-input sizes work. Unlike the authors' 3-D model, which gates the three coarser skips, every skip
-is gated here; the last forward's coefficients are kept in ``model.attention_maps``.
+input sizes work. The authors' 3-D model (``unet_CT_single_att_dsv_3D.py``) gates only the three
+coarser skips, gates the coarsest with a 1 x 1 conv + BN + ReLU of the bottleneck, and adds deep
+supervision; here every skip is gated, each by the decoder's map one level coarser, with the
+gate of ``GridAttentionBlock2D`` (``F_int = F_x / 2``, its default). The last forward's
+coefficients are kept in ``model.attention_maps``. Attention U-Net takes U-Net's configs: its
+``PAPER`` is U-Net's 64 ... 1024 (the authors' 3-D model divides these widths by 4).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -40,9 +51,23 @@ import torch.nn.functional as F
 from .._checks import check_images
 from . import register
 from .blocks import ConvBNReLU
+from .config import configure
 
-__all__ = ["DoubleConv", "Down", "Up", "AttentionGate", "UNet", "AttentionUNet", "pad_to",
-           "unet", "attention_unet"]
+__all__ = ["UNetConfig", "PAPER", "SMALL", "DoubleConv", "Down", "Up", "AttentionGate", "UNet",
+           "AttentionUNet", "pad_to", "unet", "attention_unet"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Sizes of a U-Net (or Attention U-Net); the defaults are the paper's."""
+
+    base_channels: int = 64  # widths base * 2**level: 64 ... 1024 in the paper (Fig. 1)
+    depth: int = 4  # poolings: four, so the bottleneck sees 1/16 of the input per side
+    bilinear: bool = False  # upsample by a learned 2x2 transposed conv (paper) or bilinearly
+
+
+PAPER = UNetConfig()  # paper=True
+SMALL = UNetConfig(base_channels=16)  # the registry default: 16 ... 256, ~1.9 M parameters
 
 
 class DoubleConv(nn.Sequential):
@@ -131,14 +156,19 @@ class UNet(nn.Module):
     """U-Net: ``depth`` Down blocks, ``depth`` Up blocks with skips, a 1 x 1 classifier.
 
     Widths are ``base_channels * 2**level`` for levels ``0 .. depth``. Takes ``[B, C, H, W]``
-    with ``H, W >= 2**depth``; returns logits ``[B, num_classes, H, W]``.
+    with ``H, W >= 2**depth``; returns logits ``[B, num_classes, H, W]``. ``config`` is a
+    :class:`UNetConfig` and keyword ``overrides`` replace its fields
+    (``UNet(5, base_channels=8)``).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, base_channels: int = 64,
-                 depth: int = 4, bilinear: bool = False):
+    def __init__(self, num_classes: int, in_channels: int = 3, config: UNetConfig = SMALL,
+                 **overrides):
         super().__init__()
+        config = configure(config, **overrides)
+        base_channels, depth, bilinear = config.base_channels, config.depth, config.bilinear
         if depth < 1 or base_channels < 1:
             raise ValueError(f"depth and base_channels must be >= 1, got {depth}, {base_channels}")
+        self.config = config
         self.num_classes, self.in_channels, self.depth = num_classes, in_channels, depth
         widths = [base_channels * 2 ** level for level in range(depth + 1)]
         # With bilinear upsampling the coarser map keeps its channels, so each decoder block
@@ -183,10 +213,10 @@ class AttentionUNet(UNet):
     level (``[B, 1, H, W]``) to the coarsest.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, base_channels: int = 64,
-                 depth: int = 4, bilinear: bool = False):
-        super().__init__(num_classes, in_channels, base_channels, depth, bilinear)
-        skip_widths = self.widths[:depth][::-1]  # coarsest first, the decoder's order
+    def __init__(self, num_classes: int, in_channels: int = 3, config: UNetConfig = SMALL,
+                 **overrides):
+        super().__init__(num_classes, in_channels, config, **overrides)
+        skip_widths = self.widths[:self.depth][::-1]  # coarsest first, the decoder's order
         self.gates = nn.ModuleList(AttentionGate(c_skip, c_gate)
                                    for c_skip, c_gate in zip(skip_widths, self.gating_channels))
         self.attention_maps: list[torch.Tensor] = []
@@ -204,15 +234,16 @@ class AttentionUNet(UNet):
 
 
 @register("unet")
-def unet(num_classes: int, in_channels: int = 3, paper: bool = False, **kwargs) -> UNet:
-    """U-Net; default 16 base channels (CPU), ``paper=True`` for 64 (features 64 ... 1024)."""
-    kwargs.setdefault("base_channels", 64 if paper else 16)
-    return UNet(num_classes, in_channels, **kwargs)
+def unet(num_classes: int, in_channels: int = 3, paper: bool = False, **overrides) -> UNet:
+    """U-Net; ``SMALL`` (16 ... 256) by default, ``paper=True`` for 64 ... 1024 (overrides: any
+    :class:`UNetConfig` field, e.g. ``bilinear=True``)."""
+    return UNet(num_classes, in_channels, configure(PAPER if paper else SMALL, **overrides))
 
 
 @register("attention_unet")
 def attention_unet(num_classes: int, in_channels: int = 3, paper: bool = False,
-                   **kwargs) -> AttentionUNet:
-    """Attention U-Net; default 16 base channels (CPU), ``paper=True`` for 64."""
-    kwargs.setdefault("base_channels", 64 if paper else 16)
-    return AttentionUNet(num_classes, in_channels, **kwargs)
+                   **overrides) -> AttentionUNet:
+    """Attention U-Net; ``SMALL`` by default, ``paper=True`` for 64 ... 1024 (overrides: any
+    :class:`UNetConfig` field)."""
+    config = configure(PAPER if paper else SMALL, **overrides)
+    return AttentionUNet(num_classes, in_channels, config)

@@ -148,11 +148,13 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | No
     logits = _drop_ignored(logits, valid)
     mask = valid[:, None].to(logits.dtype)                                   # [B, 1, H, W]
     probs = logits.softmax(1) * mask
-    one_hot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(logits.dtype) * mask  # [B, K, H, W]
+    one_hot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2)               # [B, K, H, W]
+    one_hot = one_hot.to(logits.dtype) * mask
     dims = (0, 2, 3)
     intersection = (probs * one_hot).sum(dims)                               # [K]
     cardinality = probs.sum(dims) + one_hot.sum(dims)                        # [K]
-    dice = (2 * intersection + smooth) / (cardinality + smooth).clamp(min=torch.finfo(logits.dtype).tiny)
+    dice = ((2 * intersection + smooth)
+            / (cardinality + smooth).clamp(min=torch.finfo(logits.dtype).tiny))
     present = (one_hot.sum(dims) > 0).to(logits.dtype)
     return _safe_divide(((1 - dice) * present).sum(), present.sum())
 
@@ -195,7 +197,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
 # --- Lovasz-Softmax -----------------------------------------------------------------------
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted in decreasing order.
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors in decreasing order.
 
     ``gt_sorted`` is ``[P]`` or ``[P, C]`` (one column per class): the 0/1 ground truth of each
     pixel, in the order of decreasing error. With ``M_i`` the set of the first ``i`` pixels (those
@@ -210,7 +212,7 @@ def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
 
 
 def _lovasz_flat(probs: torch.Tensor, labels: torch.Tensor, classes) -> tuple[torch.Tensor, int]:
-    """Per-class Lovasz losses of ``probs [P, K]`` (valid pixels only) -> (sum over classes, count)."""
+    """Per-class Lovasz losses of ``probs [P, K]`` (valid pixels) -> (sum over classes, count)."""
     num_classes = probs.shape[1]
     fg = F.one_hot(labels, num_classes).to(probs.dtype)                     # [P, K]
     if classes == "present":
@@ -248,7 +250,8 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
     num_classes = logits.shape[1]
     if isinstance(classes, str):
         if classes not in ("present", "all"):
-            raise ValueError(f"classes must be 'present', 'all' or a list of class ids, got {classes!r}")
+            raise ValueError("classes must be 'present', 'all' or a list of class ids, "
+                             f"got {classes!r}")
     else:
         classes = [int(c) for c in classes]
         if not classes or any(not 0 <= c < num_classes for c in classes):
@@ -257,8 +260,8 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
     valid, safe = _split_ignored(target, ignore_index)
     logits = _drop_ignored(logits, valid)
     probs = logits.softmax(1).permute(0, 2, 3, 1)                           # [B, H, W, K]
-    groups = [(probs[b][valid[b]], safe[b][valid[b]]) for b in range(logits.shape[0])] if per_image \
-        else [(probs[valid], safe[valid])]                                   # ([P, K], [P]) each
+    groups = ([(probs[b][valid[b]], safe[b][valid[b]]) for b in range(logits.shape[0])]
+              if per_image else [(probs[valid], safe[valid])])              # ([P, K], [P]) each
     losses = []
     for group_probs, group_labels in groups:
         total, count = _lovasz_flat(group_probs, group_labels, classes)
@@ -295,11 +298,12 @@ def boundary_loss(logits: torch.Tensor, target: torch.Tensor, boundary_weight: f
 # --- nn.Module wrappers -------------------------------------------------------------------
 
 class CrossEntropyLoss(nn.Module):
-    """Module form of :func:`cross_entropy`; ``weight`` is a buffer, so it follows ``.to(device)``."""
+    """Module form of :func:`cross_entropy`; ``weight`` is a buffer: it follows ``.to(device)``."""
 
     def __init__(self, weight=None, ignore_index: int | None = 255):
         super().__init__()
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.register_buffer("weight", None if weight is None
+                             else torch.as_tensor(weight, dtype=torch.float32))
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -323,7 +327,8 @@ class FocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0, alpha=None, ignore_index: int | None = 255):
         super().__init__()
         self.gamma, self.ignore_index = gamma, ignore_index
-        self.register_buffer("alpha", None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32))
+        self.register_buffer("alpha", None if alpha is None
+                             else torch.as_tensor(alpha, dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return focal_loss(logits, target, self.gamma, self.alpha, self.ignore_index)
@@ -343,7 +348,8 @@ class LovaszSoftmaxLoss(nn.Module):
 class BoundaryLoss(nn.Module):
     """Module form of :func:`boundary_loss` (boundary-weighted cross-entropy)."""
 
-    def __init__(self, boundary_weight: float = 4.0, radius: int = 2, ignore_index: int | None = 255):
+    def __init__(self, boundary_weight: float = 4.0, radius: int = 2,
+                 ignore_index: int | None = 255):
         super().__init__()
         self.boundary_weight, self.radius, self.ignore_index = boundary_weight, radius, ignore_index
 
@@ -352,7 +358,7 @@ class BoundaryLoss(nn.Module):
 
 
 class CombinedLoss(nn.Module):
-    """A weighted sum of losses, e.g. ``CombinedLoss([CrossEntropyLoss(), DiceLoss()], [1.0, 0.5])``.
+    """Weighted sum of losses, e.g. ``CombinedLoss([CrossEntropyLoss(), DiceLoss()], [1.0, 0.5])``.
 
     Pairing a pixel-wise loss (stable gradients from the start) with a region loss (Dice, Lovasz:
     aligned with the IoU metric) is common practice.
@@ -363,7 +369,8 @@ class CombinedLoss(nn.Module):
         losses = list(losses)
         weights = [1.0] * len(losses) if weights is None else [float(w) for w in weights]
         if not losses or len(weights) != len(losses):
-            raise ValueError(f"need one weight per loss, got {len(losses)} losses and {len(weights)} weights")
+            raise ValueError(f"need one weight per loss, got {len(losses)} losses and "
+                             f"{len(weights)} weights")
         self.losses = nn.ModuleList(losses)
         self.weights = weights
 

@@ -6,9 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segcourse.losses import (BoundaryLoss, CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss,
-                              LovaszSoftmaxLoss, boundary_loss, cross_entropy,
-                              dice_loss, focal_loss, lovasz_grad, lovasz_softmax)
+from segcourse.losses import (
+    BoundaryLoss,
+    CombinedLoss,
+    CrossEntropyLoss,
+    DiceLoss,
+    FocalLoss,
+    LovaszSoftmaxLoss,
+    boundary_loss,
+    cross_entropy,
+    dice_loss,
+    focal_loss,
+    lovasz_grad,
+    lovasz_softmax,
+)
 from segcourse.metrics import confusion_matrix, iou_per_class
 
 LOSSES = [cross_entropy, dice_loss, focal_loss, lovasz_softmax, boundary_loss]
@@ -32,7 +43,8 @@ def test_cross_entropy_hand_computed():
     # -log p_t over the 3 valid pixels: ln 2, ln 4, ln 2.
     assert cross_entropy(LOGITS, TARGET).item() == pytest.approx(4 * LN2 / 3)
     # weight [1, 1, 3]: (1 ln2 + 3 ln4 + 3 ln2) / (1 + 3 + 3).
-    assert cross_entropy(LOGITS, TARGET, weight=[1.0, 1.0, 3.0]).item() == pytest.approx(10 * LN2 / 7)
+    assert cross_entropy(LOGITS, TARGET, weight=[1.0, 1.0, 3.0]).item() == \
+        pytest.approx(10 * LN2 / 7)
 
 
 def test_focal_hand_computed():
@@ -54,14 +66,16 @@ def test_dice_hand_computed():
 def test_lovasz_hand_computed():
     # Two classes, three pixels: p(class 1) = 0.9, 0.4, 0.2 and labels 1, 1, 0.
     # Class 1: errors 0.1, 0.6, 0.2 -> sorted 0.6 (fg), 0.2 (bg), 0.1 (fg); Jaccard losses of the
-    #   growing mispredicted set: 1/2, 2/3, 1 -> gradient 1/2, 1/6, 1/3 -> 0.3 + 1/30 + 1/30 = 11/30.
+    #   growing mispredicted set: 1/2, 2/3, 1 -> gradient 1/2, 1/6, 1/3
+    #   -> 0.3 + 1/30 + 1/30 = 11/30.
     # Class 0: errors 0.1, 0.6, 0.2 -> sorted 0.6 (bg), 0.2 (fg), 0.1 (bg); Jaccard 1/2, 1, 1
     #   -> gradient 1/2, 1/2, 0 -> 0.3 + 0.1 = 2/5.
     p1 = torch.tensor([0.9, 0.4, 0.2], dtype=torch.float64)
     logits = torch.stack([(1 - p1).log(), p1.log()]).reshape(1, 2, 1, 3)
     target = torch.tensor([[[1, 1, 0]]])
     assert lovasz_softmax(logits, target).item() == pytest.approx((11 / 30 + 2 / 5) / 2)
-    assert lovasz_grad(torch.tensor([1.0, 0.0, 1.0])).tolist() == pytest.approx([1 / 2, 1 / 6, 1 / 3])
+    assert lovasz_grad(torch.tensor([1.0, 0.0, 1.0])).tolist() == \
+        pytest.approx([1 / 2, 1 / 6, 1 / 3])
 
 
 # --- independent formulations -------------------------------------------------------------
@@ -86,7 +100,7 @@ def test_cross_entropy_matches_torch(seed):
 
 
 def _lovasz_brute_force(probs, target, classes="present", ignore=255):
-    """Berman et al. Alg. 1 per class with explicit sets, one pixel at a time (lists, no tensors)."""
+    """Berman et al. Alg. 1 per class, explicit sets, one pixel at a time (lists, no tensors)."""
     K = probs.shape[0]
     pixels = [(i, int(t)) for i, t in enumerate(target.flatten().tolist()) if t != ignore]
     flat = probs.reshape(K, -1)
@@ -130,7 +144,8 @@ def test_lovasz_on_hard_predictions_is_one_minus_iou():
     g = torch.Generator().manual_seed(3)
     target = torch.randint(0, 4, (2, 7, 9), generator=g)
     target[0, :2] = 255
-    pred = torch.where(torch.rand(2, 7, 9, generator=g) < 0.3, torch.randint(0, 4, (2, 7, 9), generator=g), target)
+    pred = torch.where(torch.rand(2, 7, 9, generator=g) < 0.3,
+                       torch.randint(0, 4, (2, 7, 9), generator=g), target)
     pred[target == 255] = 1
     logits = F.one_hot(pred.clamp(max=3), 4).permute(0, 3, 1, 2).double() * 1000.0
     iou = iou_per_class(confusion_matrix(pred, target, 4))
@@ -156,7 +171,8 @@ def test_focal_gamma_zero_is_cross_entropy():
 def test_focal_scalar_alpha_with_many_classes():
     # The binary [a, 1 - a] trick would index out of range with 5 classes; a scalar scales all.
     logits, target = _random_case(5, shape=(2, 5, 6, 6))
-    torch.testing.assert_close(focal_loss(logits, target, alpha=0.25), 0.25 * focal_loss(logits, target))
+    torch.testing.assert_close(focal_loss(logits, target, alpha=0.25),
+                               0.25 * focal_loss(logits, target))
 
 
 def test_focal_alpha_vector_weights_each_class():
@@ -176,7 +192,8 @@ def test_focal_alpha_vector_weights_each_class():
 
 def test_boundary_loss_weights_boundary_pixels():
     logits, target = _random_case(8, shape=(1, 3, 8, 8), ignore_fraction=0.0)
-    torch.testing.assert_close(boundary_loss(logits, target, boundary_weight=0.0), cross_entropy(logits, target))
+    torch.testing.assert_close(boundary_loss(logits, target, boundary_weight=0.0),
+                               cross_entropy(logits, target))
     # A ring around a square is the boundary; a pixel in the middle of a flat region is not.
     target = torch.zeros(1, 12, 12, dtype=torch.long)
     target[0, 4:8, 4:8] = 1
@@ -250,9 +267,11 @@ def test_bad_options_raise():
 
 def test_modules_match_functions_and_combine():
     logits, target = _random_case(10)
-    pairs = [(CrossEntropyLoss(weight=[1.0, 2.0, 3.0, 4.0]), cross_entropy(logits, target, [1.0, 2.0, 3.0, 4.0])),
+    pairs = [(CrossEntropyLoss(weight=[1.0, 2.0, 3.0, 4.0]),
+              cross_entropy(logits, target, [1.0, 2.0, 3.0, 4.0])),
              (DiceLoss(smooth=0.5), dice_loss(logits, target, smooth=0.5)),
-             (FocalLoss(gamma=1.0, alpha=[1.0, 0.5, 0.5, 1.0]), focal_loss(logits, target, 1.0, [1.0, 0.5, 0.5, 1.0])),
+             (FocalLoss(gamma=1.0, alpha=[1.0, 0.5, 0.5, 1.0]),
+              focal_loss(logits, target, 1.0, [1.0, 0.5, 0.5, 1.0])),
              (LovaszSoftmaxLoss(per_image=True), lovasz_softmax(logits, target, per_image=True)),
              (BoundaryLoss(2.0, 1), boundary_loss(logits, target, 2.0, 1))]
     for module, expected in pairs:

@@ -5,8 +5,14 @@ import math
 import pytest
 import torch
 
-from segcourse.metrics import (SegmentationMetric, class_accuracy, confusion_matrix,
-                               iou_per_class, mean_iou, pixel_accuracy)
+from segcourse.metrics import (
+    SegmentationMetric,
+    class_accuracy,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    pixel_accuracy,
+)
 
 # A 2x4 worked example (the same one chapter 1 walks through by hand).
 TARGET = torch.tensor([[0, 0, 1, 255],
@@ -95,8 +101,10 @@ def test_all_ignored_gives_nan_not_crash():
 
 @pytest.mark.parametrize("pred, target, match", [
     (torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long), "same shape"),
-    (torch.zeros(2, 3, dtype=torch.long), torch.full((2, 3), 7), r"target labels must be in \[0, 3\] or 255"),
-    (torch.full((2, 3), 5), torch.zeros(2, 3, dtype=torch.long), r"pred labels must be in \[0, 3\]"),
+    (torch.zeros(2, 3, dtype=torch.long), torch.full((2, 3), 7),
+     r"target labels must be in \[0, 3\] or 255"),
+    (torch.full((2, 3), 5), torch.zeros(2, 3, dtype=torch.long),
+     r"pred labels must be in \[0, 3\]"),
     (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3), "integer class labels"),
     (torch.zeros(2, 3, dtype=torch.long), torch.full((2, 3), -1), "found -1"),
 ])

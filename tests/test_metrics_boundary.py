@@ -5,6 +5,7 @@ import torch
 
 from segcourse.metrics import boundary_accuracy, boundary_mask, boundary_miou, mean_iou
 
+
 def _boundary_brute_force(target, radius, ignore=255):
     B, H, W = target.shape
     out = torch.zeros(B, H, W, dtype=torch.bool)

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from segcourse.metrics import (boundary_accuracy, confusion_matrix, mask_average_precision,
-                               mean_iou, panoptic_quality)
+from segcourse.metrics import (
+    boundary_accuracy,
+    confusion_matrix,
+    mask_average_precision,
+    mean_iou,
+    panoptic_quality,
+)
 
 
 def _panoptic_pair():

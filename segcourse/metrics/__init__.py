@@ -9,8 +9,14 @@
 from .boundary import boundary_accuracy, boundary_mask, boundary_miou
 from .instance import mask_average_precision, mask_iou
 from .panoptic import panoptic_quality
-from .segmentation import (SegmentationMetric, class_accuracy, confusion_matrix, iou_per_class,
-                           mean_iou, pixel_accuracy)
+from .segmentation import (
+    SegmentationMetric,
+    class_accuracy,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    pixel_accuracy,
+)
 
 __all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy", "class_accuracy",
            "SegmentationMetric", "boundary_mask", "boundary_miou", "boundary_accuracy",

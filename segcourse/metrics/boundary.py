@@ -19,7 +19,8 @@ from .segmentation import mean_iou
 __all__ = ["boundary_mask", "boundary_miou", "boundary_accuracy"]
 
 
-def boundary_mask(target: torch.Tensor, radius: int = 1, ignore_index: int | None = 255) -> torch.Tensor:
+def boundary_mask(target: torch.Tensor, radius: int = 1,
+                  ignore_index: int | None = 255) -> torch.Tensor:
     """Bool ``[B, H, W]``: valid pixels with a valid pixel of another class within ``radius``.
 
     A morphological gradient: over each ``(2r+1) x (2r+1)`` window, the largest and the smallest
@@ -33,7 +34,8 @@ def boundary_mask(target: torch.Tensor, radius: int = 1, ignore_index: int | Non
                          f"{target.dtype} {tuple(target.shape)}")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
-    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    valid = (target != ignore_index if ignore_index is not None
+             else torch.ones_like(target, dtype=torch.bool))
     labels = target.double()[:, None]                                         # [B, 1, H, W]
     size = 2 * radius + 1
     highest = F.max_pool2d(torch.where(valid[:, None], labels, -1.0), size, 1, radius)

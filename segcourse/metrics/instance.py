@@ -86,8 +86,10 @@ def mask_average_precision(predictions: list[dict], targets: list[dict],
         envelope = precision.flip(0).cummax(0).values.flip(0)
         points = torch.linspace(0, 1, 101, dtype=torch.float64)
         index = torch.searchsorted(recall, points, side="left")
-        sampled = torch.where(index < len(envelope), envelope[index.clamp(max=max(len(envelope) - 1, 0))]
-                              if len(envelope) else torch.zeros_like(points), torch.zeros_like(points))
+        sampled = torch.where(index < len(envelope),
+                              envelope[index.clamp(max=max(len(envelope) - 1, 0))]
+                              if len(envelope) else torch.zeros_like(points),
+                              torch.zeros_like(points))
         per_class[c] = float(sampled.mean())
     ap = sum(per_class.values()) / len(per_class) if per_class else float("nan")
     return {"ap": ap, "per_class": per_class}

@@ -66,7 +66,8 @@ def panoptic_quality(preds: torch.Tensor, target: torch.Tensor, things, stuffs) 
     """
     things, stuffs = [int(c) for c in things], [int(c) for c in stuffs]
     if set(things) & set(stuffs):
-        raise ValueError(f"things and stuffs must be disjoint, both contain {sorted(set(things) & set(stuffs))}")
+        raise ValueError("things and stuffs must be disjoint, both contain "
+                         f"{sorted(set(things) & set(stuffs))}")
     preds, target = as_tensor(preds, "preds"), as_tensor(target, "target")
     for name, x in (("preds", preds), ("target", target)):
         if x.dim() < 3 or x.shape[-1] != 2:
@@ -81,7 +82,8 @@ def panoptic_quality(preds: torch.Tensor, target: torch.Tensor, things, stuffs) 
     stats = {c: [0.0, 0, 0, 0] for c in things + stuffs}  # category -> [iou_sum, tp, fp, fn]
     for pred, gt in zip(preds.reshape(-1, H * W, 2).long(), target.reshape(-1, H * W, 2).long()):
         gt_void = ~torch.isin(gt[:, 0], known)
-        p_seg, p_cat = _panoptic_segments(pred, torch.isin(pred[:, 0], known), torch.isin(pred[:, 0], stuff_ids))
+        p_seg, p_cat = _panoptic_segments(pred, torch.isin(pred[:, 0], known),
+                                          torch.isin(pred[:, 0], stuff_ids))
         g_seg, g_cat = _panoptic_segments(gt, ~gt_void, torch.isin(gt[:, 0], stuff_ids))
         P, G = len(p_cat), len(g_cat)
         # joint histogram; the extra last row / column is "no segment" (pred unlabelled / gt void)
@@ -116,7 +118,8 @@ def panoptic_quality(preds: torch.Tensor, target: torch.Tensor, things, stuffs) 
         rows = [per_class[c] for c in categories if c in per_class]
         if not rows:
             return {"pq": float("nan"), "sq": float("nan"), "rq": float("nan"), "n": 0}
-        return {k: sum(r[k] for r in rows) / len(rows) for k in ("pq", "sq", "rq")} | {"n": len(rows)}
+        return ({k: sum(r[k] for r in rows) / len(rows) for k in ("pq", "sq", "rq")}
+                | {"n": len(rows)})
 
     return {**average(things + stuffs), "things": average(things), "stuff": average(stuffs),
             "per_class": per_class}

@@ -43,10 +43,12 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     pred = _as_labels(pred, target)
     check_same_shape(pred, target)
     check_labels(target, num_classes, ignore_index, name="target")
-    keep = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    keep = (target != ignore_index if ignore_index is not None
+            else torch.ones_like(target, dtype=torch.bool))
     check_labels(pred[keep], num_classes, ignore_index=None, name="pred")
     index = target[keep].long() * num_classes + pred[keep].long()
-    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu()
 
 
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
@@ -63,7 +65,8 @@ def class_accuracy(cm: torch.Tensor) -> torch.Tensor:
     """Recall of each class (TP / pixels of that class); NaN where the class is absent."""
     cm = cm.double()
     total = cm.sum(1)
-    return torch.where(total > 0, cm.diag() / total.clamp(min=1), torch.full_like(total, float("nan")))
+    return torch.where(total > 0, cm.diag() / total.clamp(min=1),
+                       torch.full_like(total, float("nan")))
 
 
 def _nanmean(x: torch.Tensor) -> float:

@@ -1,8 +1,14 @@
 """The contract of every registered semantic model, whichever family registered it.
 
 Parametrised over ``list_models()``: a family that registers a model is tested here without
-editing this file. Registry defaults are CPU-sized, so this runs in seconds per model.
+editing this file, except for one line of :data:`PUBLISHED` (a new model must say what its
+paper configuration is checked against). Registry defaults are CPU-sized, so the forward tests
+run in seconds per model; the paper configurations are built on the meta device (shapes only,
+no memory).
 """
+
+import dataclasses
+import sys
 
 import pytest
 import torch
@@ -13,12 +19,172 @@ NUM_CLASSES = 3
 MODELS = list_models()
 
 
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def conv(c_in: int, c_out: int, k: int = 1, bias: bool = True) -> int:
+    return c_in * c_out * k * k + (c_out if bias else 0)
+
+
+# --- published parameter counts of the paper configurations -----------------------------------
+#
+# Each is a number taken from the reference code or derived by hand from the published layer
+# table -- never this package's own output.
+
+# ozan-oktay/Attention-Gated-Networks @ eee4881, models/layers/grid_attention_layer.py,
+# GridAttentionBlock2D(in_channels=F_x, gating_channels=F_g, mode="concatenation",
+# sub_sample_factor=2), inter_channels F_x // 2 (its default): theta 2x2 conv without bias, phi
+# 1x1 conv, psi 1x1 conv to one channel, W = 1x1 conv + BN. On U-Net's four skips, gated by the
+# decoder map one level coarser. Instantiating that file gives 1,050,625 + 263,169 + 66,049 +
+# 16,641 for these four gates.
+ATTENTION_GATES = sum(conv(f_x, f_x // 2, 2, bias=False) + conv(f_g, f_x // 2) + conv(f_x // 2, 1)
+                      + conv(f_x, f_x) + 2 * f_x
+                      for f_x, f_g in ((512, 1024), (256, 512), (128, 256), (64, 128)))
+
+# ViT-L/16 on 384 x 384 images (the paper's T-Large encoder), by hand from Dosovitskiy et al.
+# Table 1 (D = 1024, 24 layers, MLP 4096): patch embedding, class token, 1 + 24 x 24 position
+# embeddings, 24 pre-norm blocks (2 LayerNorms, qkv, projection, 2-layer MLP), final LayerNorm.
+# HF transformers' ViTModel(add_pooling_layer=False) with that config has the same 303,690,752
+# (checked below when transformers is installed).
+D, C = 1024, 256  # ViT-L width; SETR decoder width (mmseg's SETR configs, channels=256)
+VIT_L16_384 = (conv(3, D, 16) + D + (1 + 24 * 24) * D
+               + 24 * (2 * 2 * D + conv(D, 3 * D) + conv(D, D) + conv(D, 4 * D) + conv(4 * D, D))
+               + 2 * D)
+# SETR decoders (paper Sec. 3.3; mmseg SETRUPHead): naive = 1x1 conv + BN + ReLU + 1x1 classifier;
+# PUP = four (3x3 conv + BN + ReLU, 2x upsampling) + 1x1 classifier. Convs before BN: no bias.
+NAIVE_HEAD = conv(D, C, bias=False) + 2 * C + conv(C, 150)
+PUP_HEAD = conv(D, C, 3, bias=False) + 3 * conv(C, C, 3, bias=False) + 4 * 2 * C + conv(C, 150)
+
+# name: (num_classes, published count of build(name, num_classes, paper=True), source)
+PUBLISHED = {
+    "fcn32s": (21, 136_152_917, "wkentaro/pytorch-fcn @ 4b98850 FCN32s(n_class=21), the layers "
+               "of shelhamer/fcn.berkeleyvision.org voc-fcn32s (fixed 64x64 deconv included)"),
+    "fcn8s": (21, 134_489_759, "wkentaro/pytorch-fcn @ 4b98850 FCN8s(n_class=21) = voc-fcn8s "
+              "train.prototxt; tests/test_fcn.py derives it layer by layer"),
+    "unet": (2, 31_037_698, "milesial/Pytorch-UNet @ 21d7850 UNet(n_channels=3, n_classes=2); "
+             "Ronneberger et al.'s net (no BN, 1 channel) has 31,030,658, see below"),
+    "attention_unet": (2, 31_037_698 + ATTENTION_GATES, "milesial's U-Net + 4 gates of "
+                       "GridAttentionBlock2D (no canonical 2-D net at these widths)"),
+    "deeplabv3": (21, 60_996_202 - 2_365_205, "torchvision DeepLabV3_ResNet101_Weights."
+                  "COCO_WITH_VOC_LABELS_V1 num_params minus its auxiliary FCNHead (see "
+                  "tests/test_deeplab.py); output stride changes no parameter"),
+    "deeplabv3plus": (21, 59_344_309, "jfzhang95/pytorch-deeplab-xception @ 9135e10 "
+                      "DeepLab(backbone='resnet', output_stride=16, num_classes=21)"),
+    "setr_naive": (150, VIT_L16_384 + NAIVE_HEAD, "ViT-L/16 + naive head, by hand"),
+    "setr_pup": (150, VIT_L16_384 + PUP_HEAD, "ViT-L/16 + PUP head, by hand"),
+    "segformer": (150, 3_752_694, "HF transformers SegformerForSemanticSegmentation, B0 config, "
+                  "150 labels (paper: 3.8 M on ADE20K)"),
+}
+
+
+def test_hand_counts_agree_with_the_reference_implementations():
+    assert ATTENTION_GATES == 1_050_625 + 263_169 + 66_049 + 16_641
+    assert VIT_L16_384 == 303_690_752
+
+
+def test_every_registered_model_has_a_published_count():
+    assert set(PUBLISHED) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_paper_configuration_has_the_published_parameter_count(name):
+    num_classes, expected, source = PUBLISHED[name]
+    with torch.device("meta"):  # shapes only: ViT-L or VGG16 cost no memory
+        model = build(name, num_classes, paper=True)
+    assert count(model) == expected, source
+
+
+def test_original_unet_differs_from_the_paper_config_by_batchnorm_only():
+    # Ronneberger et al. 2015, Fig. 1, by hand: 1 input channel, 2 classes, unpadded 3x3 convs
+    # with bias, 2x2 up-convs halving the channels, 1x1 classifier; no BatchNorm.
+    w = (64, 128, 256, 512, 1024)
+    encoder = conv(1, 64, 3) + conv(64, 64, 3) + sum(
+        conv(w[i - 1], w[i], 3) + conv(w[i], w[i], 3) for i in range(1, 5))
+    decoder = sum(conv(w[i], w[i - 1], 2) + conv(w[i], w[i - 1], 3) + conv(w[i - 1], w[i - 1], 3)
+                  for i in range(1, 5))
+    original = encoder + decoder + conv(64, 2)
+    assert original == 31_030_658
+    # Ours (milesial's layout) trades each 3x3 conv's bias (1 per channel) for BatchNorm (2).
+    bn_extra = 2 * sum(w) + 2 * sum(w[:4])
+    with torch.device("meta"):
+        assert count(build("unet", 2, in_channels=1, paper=True)) == original + bn_extra
+
+
+@pytest.mark.parametrize("variant, published", [
+    ("b0", 3.8), ("b1", 13.7), ("b2", 27.5), ("b3", 47.3), ("b4", 64.1), ("b5", 84.7)])
+def test_every_segformer_size_matches_hf_and_the_paper(variant, published):
+    # Published: Xie et al. 2021, the comparison on ADE20K (150 classes), parameters in millions
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        ours = build("segformer", 150, paper=True, variant=variant)
+        v = ours.config
+        hf = transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(
+            hidden_sizes=list(v.hidden_sizes), depths=list(v.depths),
+            num_attention_heads=list(v.num_heads), sr_ratios=list(v.sr_ratios),
+            decoder_hidden_size=v.decoder_width, num_labels=150))
+    assert count(ours) == count(hf)
+    assert round(count(ours) / 1e6, 1) == published
+
+
+def test_setr_encoder_matches_hf_vit_large():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                    intermediate_size=4096, image_size=384, patch_size=16)
+    with torch.device("meta"):
+        hf = transformers.ViTModel(config, add_pooling_layer=False)
+        ours = build("setr_pup", 150, paper=True)
+    assert count(hf) == count(ours.encoder) == VIT_L16_384
+
+
+# --- one config idiom: SMALL by default, PAPER with paper=True, fields by keyword --------------
+
+# A field of each family's config and a value to set it to (any field would do)
+OVERRIDES = {"fcn32s": ("fc_channels", 64), "fcn8s": ("dropout", 0.2),
+             "unet": ("base_channels", 8), "attention_unet": ("bilinear", True),
+             "deeplabv3": ("depth", 50), "deeplabv3plus": ("low_level_channels", 12),
+             "setr_naive": ("depth", 2), "setr_pup": ("decoder_channels", 32),
+             "segformer": ("decoder_width", 64)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_builders_start_from_small_or_paper_and_override_fields(name):
+    field, value = OVERRIDES[name]
+    with torch.device("meta"):
+        small, paper = build(name, NUM_CLASSES), build(name, NUM_CLASSES, paper=True)
+        family = sys.modules[type(small).__module__]
+        assert small.config == family.SMALL and paper.config == family.PAPER
+        for base, kwargs in ((family.SMALL, {}), (family.PAPER, {"paper": True})):
+            changed = build(name, NUM_CLASSES, **kwargs, **{field: value})
+            assert changed.config == dataclasses.replace(base, **{field: value})
+    assert dataclasses.is_dataclass(family.PAPER)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(family.PAPER, field, value)  # frozen: a config is a value, shared safely
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_unknown_override_raises_value_error_listing_the_fields(name):
+    field, _ = OVERRIDES[name]
+    for paper in (False, True):
+        with pytest.raises(ValueError, match=f"valid fields:.*{field}"):
+            build(name, NUM_CLASSES, paper=paper, no_such_field=1)
+
+
+def test_registering_a_builder_without_the_contract_fails():
+    from segcourse.models import register
+
+    with pytest.raises(ValueError, match="paper"):
+        register("not-a-contract")(lambda num_classes, in_channels=3: None)
+
+
 def test_registry_is_populated_and_rejects_unknown_names():
     assert {"fcn32s", "fcn8s", "unet", "attention_unet"} <= set(MODELS)
     with pytest.raises(ValueError, match="unknown model"):
         build("no-such-model", NUM_CLASSES)
     with pytest.raises(ValueError, match="num_classes"):
         build(MODELS[0], 0)
+    with pytest.raises(ValueError, match="in_channels"):
+        build(MODELS[0], NUM_CLASSES, in_channels=0)
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "check_images", "check_labels", "check_logits_and_target", "check_same_shape"]
+__all__ = ["as_tensor", "check_images", "check_labels", "check_logits_and_target",
+           "check_same_shape"]
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
@@ -44,7 +45,8 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int | Non
                  name: str = "target") -> None:
     """Check an integer label map: values in ``[0, num_classes)`` or ``ignore_index``."""
     if not isinstance(target, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of integer labels, got {type(target).__name__}")
+        raise ValueError(f"{name} must be a torch.Tensor of integer labels, "
+                         f"got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class labels (e.g. torch.long), got dtype "
                          f"{target.dtype}")
@@ -52,7 +54,8 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int | Non
         return
     valid = target if ignore_index is None else target[target != ignore_index]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
-        allowed = f"[0, {num_classes - 1}]" + ("" if ignore_index is None else f" or {ignore_index}")
+        allowed = f"[0, {num_classes - 1}]"
+        allowed += "" if ignore_index is None else f" or {ignore_index}"
         bad = valid[(valid < 0) | (valid >= num_classes)]
         raise ValueError(f"{name} labels must be in {allowed}; found {int(bad[0])} "
                          f"({bad.numel()} pixel(s) out of range)")

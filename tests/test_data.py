@@ -5,9 +5,17 @@ import pytest
 import torch
 from PIL import Image
 
-from segcourse.data import (IGNORE_INDEX, Compose, Normalize, OxfordPets, RandomHorizontalFlip,
-                            RandomScaleCrop, Resize, ShapesDataset, resize_pair)
-
+from segcourse.data import (
+    IGNORE_INDEX,
+    Compose,
+    Normalize,
+    OxfordPets,
+    RandomHorizontalFlip,
+    RandomScaleCrop,
+    Resize,
+    ShapesDataset,
+    resize_pair,
+)
 
 # --- shapes ----------------------------------------------------------------------------------
 
@@ -41,7 +49,8 @@ def test_semantic_and_instance_labels_agree():
     for i in range(len(ds)):
         s = ds.sample(i)
         n = len(s.instance_classes)
-        assert sorted(s.instances.unique().tolist()) == list(range(n + 1)) or (n == 0 and (s.instances == 0).all())
+        assert (sorted(s.instances.unique().tolist()) == list(range(n + 1))
+                or (n == 0 and (s.instances == 0).all()))
         for k in range(1, n + 1):
             pixels = s.mask[s.instances == k]
             assert (pixels == s.instance_classes[k - 1]).all()

@@ -4,7 +4,7 @@ The published archives unpack to this layout (the reader expects exactly this un
 
     root/images/Abyssinian_1.jpg ...           7,390 photos (a few are PNG/CMYK/greyscale inside)
     root/annotations/trimaps/Abyssinian_1.png  trimap per photo: 1 = pet, 2 = background, 3 = border
-    root/annotations/trainval.txt              "Abyssinian_100 1 1 1": name, class id, species, breed
+    root/annotations/trainval.txt              "Abyssinian_100 1 1 1": name, class, species, breed
     root/annotations/test.txt
 
 The trimap becomes a two-class mask: background 0, pet 1, and the ambiguous border band the
@@ -51,7 +51,10 @@ def download_oxford_pets(root: str | Path) -> Path:
         if not archive.exists():
             torch.hub.download_url_to_file(url, str(archive))
         with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(root)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(root, filter="data")
+            else:
+                tar.extractall(root)
         archive.unlink()
     return root
 
@@ -112,4 +115,5 @@ class OxfordPets(Dataset):
         return image, mask
 
     def __repr__(self) -> str:
-        return f"OxfordPets(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, size={self.size})"
+        return (f"OxfordPets(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
+                f"size={self.size})")

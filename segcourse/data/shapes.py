@@ -162,7 +162,8 @@ def _render(rng: np.random.Generator, size: tuple[int, int], num_things: int,
 
     # Stuff: a tilted, slightly wavy horizon splits sky (0) from ground (1).
     horizon = (H * rng.uniform(0.3, 0.65) + rng.uniform(-0.3, 0.3) * (xx - W / 2)
-               + H * rng.uniform(0.0, 0.05) * np.sin(xx / W * rng.uniform(3, 9) + rng.uniform(0, 6)))
+               + H * rng.uniform(0.0, 0.05)
+               * np.sin(xx / W * rng.uniform(3, 9) + rng.uniform(0, 6)))
     sky = yy < horizon
     mask[sky], mask[~sky] = 0, 1
 
@@ -172,7 +173,8 @@ def _render(rng: np.random.Generator, size: tuple[int, int], num_things: int,
     sky_rgb = sky_top[:, None, None] * (1 - t) + sky_bottom[:, None, None] * t
     ground_rgb = np.array([0.35, 0.50, 0.20]) + rng.uniform(-0.12, 0.12, 3)
     angle = rng.uniform(0, np.pi)
-    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.4, 1.2) * 64 / max(H, W))
+    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.4, 1.2)
+                     * 64 / max(H, W))
     ground_rgb = ground_rgb[:, None, None] * (1 + 0.18 * stripes)
     image[:] = np.where(sky, sky_rgb, ground_rgb)
 

@@ -74,7 +74,8 @@ class RandomScaleCrop:
     def __call__(self, image, mask):
         factor = float(torch.empty(()).uniform_(*self.scale))
         H, W = image.shape[-2:]
-        image, mask = resize_pair(image, mask, (max(1, round(H * factor)), max(1, round(W * factor))))
+        image, mask = resize_pair(image, mask, (max(1, round(H * factor)),
+                                                max(1, round(W * factor))))
         ch, cw = self.size
         H, W = image.shape[-2:]
         pad_h, pad_w = max(ch - H, 0), max(cw - W, 0)

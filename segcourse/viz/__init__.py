@@ -7,7 +7,6 @@
 """
 
 from .masks import colorize, legend_patches, overlay, show_predictions, to_numpy_image
-from .panels import show_labels, show_maps
 from .receptive_field import plot_receptive_field, receptive_field_extent, receptive_field_map
 from .refinements import crf_figure, tta_figure
 from .training import plot_confusion_matrix, plot_history
@@ -19,4 +18,3 @@ __all__ = ["colorize", "overlay", "to_numpy_image", "show_predictions", "legend_
 from .tasks import show_augmented, show_panels, show_tasks  # chapter 1
 
 __all__ += ["show_tasks", "show_panels", "show_augmented"]
-__all__ += ["show_maps", "show_labels"]  # panels (chapter 8)

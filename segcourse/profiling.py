@@ -141,8 +141,9 @@ def profile(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: i
 
 
 def compare_models(names, train_data, val_data, num_classes: int, *, epochs: int = 3,
-                   batch_size: int = 32, lr: float = 1e-3, profile_size: tuple[int, int] = (256, 256),
-                   repeats: int = 3, device=None, seed: int = 0, progress: bool = False,
+                   batch_size: int = 32, lr: float = 1e-3,
+                   profile_size: tuple[int, int] = (256, 256), repeats: int = 3,
+                   device=None, seed: int = 0, progress: bool = False,
                    model_kwargs: dict | None = None, return_models: bool = False):
     """Build, profile and train each registered model with the same budget; one row per model.
 

@@ -5,8 +5,10 @@ A live widget needs a running kernel, so a chapter shows the static figure first
 widget in a cell the book does not render.
 
 - :func:`dilation_explorer` -- sliders for the dilation rates, redrawing the figure (chapter 4).
-- :func:`crf_explorer` -- :func:`~segcourse.viz.crf_figure` with sliders for the CRF's kernel widths, weights and iterations (chapter 8).
-- :func:`tta_explorer` -- :func:`~segcourse.viz.tta_figure` with checkboxes for the scales and the flip (chapter 8).
+- :func:`crf_explorer` -- :func:`~segcourse.viz.crf_figure` with sliders for the CRF's kernel
+  widths, weights and iterations (chapter 8).
+- :func:`tta_explorer` -- :func:`~segcourse.viz.tta_figure` with checkboxes for the scales and the
+  flip (chapter 8).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def dilation_explorer(num_layers: int = 3, max_dilation: int = 8):
 
     Returns an ``ipywidgets.VBox``; display it in a notebook with a running kernel.
     """
-    import ipywidgets as widgets                  # only needed for the live explorer
+    import ipywidgets as widgets  # only needed for the live explorer
 
     if num_layers < 1 or max_dilation < 1:
         raise ValueError("num_layers and max_dilation must be >= 1")
@@ -63,10 +65,11 @@ def crf_explorer(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor,
     ``start`` sets sliders' initial values by parameter name (default: ``dense_crf``'s defaults).
     Returns an ``ipywidgets.VBox`` that redraws :func:`crf_figure`.
     """
-    import ipywidgets as widgets                  # only needed for the live explorer
+    import ipywidgets as widgets  # only needed for the live explorer
 
     def slider(kind, value, low, high, step, label):
-        return kind(value=value, min=low, max=high, step=step, description=label, continuous_update=False)
+        return kind(value=value, min=low, max=high, step=step, description=label,
+                    continuous_update=False)
 
     controls = {
         "index": slider(widgets.IntSlider, 0, 0, len(images) - 1, 1, "image"),
@@ -79,7 +82,8 @@ def crf_explorer(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor,
     }
     unknown = set(start) - set(controls)
     if unknown:
-        raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)}; choose from {sorted(controls)}")
+        raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)}; "
+                         f"choose from {sorted(controls)}")
     for name, value in start.items():
         controls[name].value = value
     out = widgets.Output()
@@ -101,11 +105,12 @@ def crf_explorer(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor,
 def tta_explorer(model, images: torch.Tensor, masks: torch.Tensor, palette,
                  scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)):
     """Tick the scales and the flip to average over and watch the TTA prediction change (live)."""
-    import ipywidgets as widgets                  # only needed for the live explorer
+    import ipywidgets as widgets  # only needed for the live explorer
 
     index = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image",
                               continuous_update=False)
-    boxes = [widgets.Checkbox(value=s == 1.0, description=f"scale {s:g}", indent=False) for s in scales]
+    boxes = [widgets.Checkbox(value=s == 1.0, description=f"scale {s:g}", indent=False)
+             for s in scales]
     flip = widgets.Checkbox(value=False, description="flip", indent=False)
     out = widgets.Output()
 

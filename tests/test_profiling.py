@@ -9,10 +9,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segcourse.profiling import (compare_models, count_parameters, cpu_latency, format_table,
-                                 gflops, gflops_by_module, profile)
 from segcourse.data import ShapesDataset
 from segcourse.metrics import mean_iou
+from segcourse.profiling import (
+    compare_models,
+    count_parameters,
+    cpu_latency,
+    format_table,
+    gflops,
+    gflops_by_module,
+    profile,
+)
 
 
 def test_parameters_and_flops_of_one_conv_by_hand():
@@ -88,7 +95,8 @@ def test_flops_outside_children_are_reported_as_own():
 def test_compare_models_same_budget_is_reproducible_and_returns_trained_models():
     train, val = ShapesDataset(8, size=32, seed=0), ShapesDataset(4, size=32, seed=1)
     budget = dict(epochs=1, batch_size=4, lr=1e-3, profile_size=(32, 32), repeats=1)
-    rows, trained = compare_models(["deeplabv3", "fcn8s"], train, val, 5, return_models=True, **budget)
+    rows, trained = compare_models(["deeplabv3", "fcn8s"], train, val, 5, return_models=True,
+                                   **budget)
     assert [r["model"] for r in rows] == ["deeplabv3", "fcn8s"] == list(trained)
     for r in rows:
         assert set(r) >= {"params", "gflops", "latency_ms", "train_s", "miou", "iou"}

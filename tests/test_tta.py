@@ -1,4 +1,4 @@
-"""Test-time augmentation: identity views, hand-computed flips, a view-by-view loop, mode handling."""
+"""Test-time augmentation: identity views, hand-computed flips, view-by-view loop, mode handling."""
 
 import pytest
 import torch
@@ -57,7 +57,8 @@ def test_matches_view_by_view_loop():
                 image = image.flip(-1) if flipped else image
                 probs = net(image).softmax(1)
                 probs = probs.flip(-1) if flipped else probs
-                views.append((b, F.interpolate(probs, size=(37, 45), mode="bilinear", align_corners=False)))
+                views.append((b, F.interpolate(probs, size=(37, 45), mode="bilinear",
+                                               align_corners=False)))
     expected = torch.cat([sum(p for b, p in views if b == i) / 6 for i in range(2)])
     torch.testing.assert_close(tta_predict(net, x, scales=(0.75, 1.0, 1.5)), expected)
 
@@ -77,7 +78,8 @@ def test_no_grad_and_mode_restored():
     running_mean = net[1].running_mean.clone()
     probs = tta_predict(net, torch.rand(2, 3, 32, 32))
     assert net.training and not probs.requires_grad
-    assert torch.equal(net[1].running_mean, running_mean)  # eval mode: BatchNorm statistics untouched
+    # eval mode: BatchNorm statistics untouched
+    assert torch.equal(net[1].running_mean, running_mean)
     net.eval()
     tta_predict(net, torch.rand(1, 3, 32, 32))
     assert not net.training
@@ -121,7 +123,7 @@ def test_tta_figure_and_explorer():
     from segcourse.viz import tta_figure
     from segcourse.widgets import tta_explorer
 
-    net = nn.Conv2d(3, 2, 1).eval()                 # per-pixel: every view agrees with the plain one
+    net = nn.Conv2d(3, 2, 1).eval()  # per-pixel: every view agrees with the plain one
     image = torch.rand(3, 32, 36)
     mask = net(image[None]).argmax(1)[0]
     palette = np.array([[0, 0, 0], [255, 255, 255]], dtype=np.uint8)

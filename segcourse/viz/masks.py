@@ -58,7 +58,8 @@ def show_predictions(images, masks, preds=None, palette=None, classes=None, max_
     """
     if palette is None:
         raise ValueError("show_predictions needs the palette (e.g. dataset.palette)")
-    pred_sets = {} if preds is None else (dict(preds) if isinstance(preds, dict) else {titles[2]: preds})
+    pred_sets = ({} if preds is None
+                 else (dict(preds) if isinstance(preds, dict) else {titles[2]: preds}))
     n = min(len(images), max_rows)
     cols = 2 + len(pred_sets)
     fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n), squeeze=False)
@@ -73,6 +74,7 @@ def show_predictions(images, masks, preds=None, palette=None, classes=None, max_
                 axes[r, c].set_title(title, fontsize=10)
     if classes is not None:
         fig.legend(handles=legend_patches(classes, palette), loc="lower center",
-                   ncol=min(len(classes), 7), fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
+                   ncol=min(len(classes), 7), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.05 if classes is not None else 0, 1, 1))
     return fig

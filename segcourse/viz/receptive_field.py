@@ -45,7 +45,8 @@ def receptive_field_map(dilations: Sequence[int], size: int | None = None,
     extent = receptive_field_extent(dilations, kernel_size)
     size = extent if size is None else int(size)
     if size < extent or size % 2 == 0:
-        raise ValueError(f"size must be odd and at least the receptive field ({extent}), got {size}")
+        raise ValueError(f"size must be odd and at least the receptive field ({extent}), "
+                         f"got {size}")
     x = torch.zeros(1, 1, size, size, dtype=torch.float64, requires_grad=True)
     weight = torch.ones(1, 1, kernel_size, kernel_size, dtype=torch.float64)
     y = x

@@ -16,10 +16,11 @@ __all__ = ["crf_figure", "tta_figure"]
 
 
 def _label_row(panels, palette, title_size: int = 9):
-    """One row of panels: ``(title, tensor, is_image)``; label maps are coloured with ``palette``."""
+    """One row of panels: ``(title, tensor, is_image)``; label maps are coloured by ``palette``."""
     fig, axes = plt.subplots(1, len(panels), figsize=(2.5 * len(panels), 2.9))
     for ax, (title, panel, is_image) in zip(axes, panels):
-        ax.imshow(to_numpy_image(panel) if is_image else colorize(panel, palette), interpolation="nearest")
+        ax.imshow(to_numpy_image(panel) if is_image else colorize(panel, palette),
+                  interpolation="nearest")
         ax.set_title(title, fontsize=title_size)
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
@@ -40,7 +41,8 @@ def crf_figure(image: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, pal
     refined = dense_crf(image * 255, probs, **crf_params).argmax(0)
     return _label_row([("image", image, True), ("ground truth", mask, False),
                        (f"network, mIoU {mean_iou(raw[None], mask[None], K):.3f}", raw, False),
-                       (f"+ dense CRF, mIoU {mean_iou(refined[None], mask[None], K):.3f}", refined, False)],
+                       (f"+ dense CRF, mIoU {mean_iou(refined[None], mask[None], K):.3f}",
+                        refined, False)],
                       palette)
 
 
@@ -57,5 +59,6 @@ def tta_figure(model, image: torch.Tensor, mask: torch.Tensor, palette,
     views = f"{len(scales)} scale{'s' if len(scales) > 1 else ''}{' x 2 flips' if flip else ''}"
     return _label_row([("image", image, True), ("ground truth", mask, False),
                        (f"plain, mIoU {mean_iou(plain[None], mask[None], K):.3f}", plain, False),
-                       (f"TTA {views}, mIoU {mean_iou(averaged[None], mask[None], K):.3f}", averaged, False)],
+                       (f"TTA {views}, mIoU {mean_iou(averaged[None], mask[None], K):.3f}",
+                        averaged, False)],
                       palette)

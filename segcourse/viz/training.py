@@ -5,7 +5,6 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-
 from .masks import _np
 
 __all__ = ["plot_history", "plot_confusion_matrix"]
@@ -14,7 +13,8 @@ __all__ = ["plot_history", "plot_confusion_matrix"]
 def plot_history(history, title: str | None = None):
     """Training loss (and validation loss / mIoU when present) per epoch."""
     has_val = bool(history["val_miou"])
-    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(9 if has_val else 4.5, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(9 if has_val else 4.5, 3.2),
+                             squeeze=False)
     ax = axes[0, 0]
     ax.plot(history["epoch"], history["train_loss"], marker="o", label="train")
     if history["val_loss"]:

@@ -18,8 +18,8 @@ import csv
 import torch
 
 from segcourse import models
-from segcourse.profiling import CPU_BUDGET, compare_models, format_table
 from segcourse.data import ShapesDataset
+from segcourse.profiling import CPU_BUDGET, compare_models, format_table
 from segcourse.train import get_device
 
 

@@ -66,8 +66,9 @@ def test_every_chapter_converts_and_keeps_its_exercises(tmp_path):
     for path in chapters:
         original = nbformat.read(path, as_version=4)
         student = nbformat.read(tmp_path / "notebooks" / path.name, as_version=4)
-        n_exercises = sum(c.source.count("{exercise}") for c in original.cells if c.cell_type == "markdown")
-        n_solutions = sum(c.source.count("{solution-start}") for c in original.cells if c.cell_type == "markdown")
+        markdown = [c.source for c in original.cells if c.cell_type == "markdown"]
+        n_exercises = sum(source.count("{exercise}") for source in markdown)
+        n_solutions = sum(source.count("{solution-start}") for source in markdown)
         assert n_solutions == n_exercises, path.name  # every exercise has a solution
         assert sum(c.source.count("{exercise}") for c in student.cells) == n_exercises
         assert not any("solution" in c.metadata.get("tags", []) for c in student.cells), path.name

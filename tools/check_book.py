@@ -30,8 +30,10 @@ from pathlib import Path
 PROBE = r"""
 const outputs = Array.from(document.querySelectorAll('.cell_output img'));
 const broken = outputs.filter(img => !(img.complete && img.naturalWidth > 0)).map(img => img.src);
-const colab = Array.from(document.querySelectorAll('a[href*="colab.research.google.com"]')).map(a => a.href);
-const tracebacks = document.querySelectorAll('.cell_output .traceback, .cell_output .output.error').length;
+const colab = Array.from(document.querySelectorAll('a[href*="colab.research.google.com"]'))
+    .map(a => a.href);
+const tracebacks = document.querySelectorAll(
+    '.cell_output .traceback, .cell_output .output.error').length;
 const stderr = Array.from(document.querySelectorAll('.cell_output .output.stderr'))
     .map(e => e.innerText).filter(t => /error|traceback|exception/i.test(t));
 const text = document.body.innerText;

@@ -62,7 +62,8 @@ def write_fake_pets(root: Path, splits: dict[str, int] = PETS_SPLITS, distinct: 
         trimap = np.where(r < 0.85, 1, np.where(r < 1.1, 3, 2)).astype(np.uint8)   # pet/border/bg
         photo = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         photo[trimap == 1] = (photo[trimap == 1] // 4 + np.array([180, 120, 40])).astype(np.uint8)
-        Image.fromarray(photo).convert("L" if i == 0 else "RGB").save(root / "images" / f"{name}.jpg")
+        mode = "L" if i == 0 else "RGB"
+        Image.fromarray(photo).convert(mode).save(root / "images" / f"{name}.jpg")
         Image.fromarray(trimap).save(root / "annotations" / "trimaps" / f"{name}.png")
         names.append(name)
     for split, count in splits.items():
@@ -172,7 +173,8 @@ def dry_run(path: Path, workdir: Path, timeout: int) -> dict:
     ran = sum(1 for c in nb.cells[1:] if c.cell_type == "code" and c.get("execution_count"))
     if timed_out is not None:
         cell = nb.cells[timed_out]
-        errors.append((timed_out, cell.source.strip().splitlines()[0] if cell.source.strip() else "",
+        errors.append((timed_out,
+                       cell.source.strip().splitlines()[0] if cell.source.strip() else "",
                        f"timed out after {timeout} s: the dry run could not finish this chapter"))
     return {"cells": ran, "asserts": asserts, "errors": errors, "seconds": seconds}
 

@@ -64,7 +64,8 @@ def run_notebook(path: Path, timeout: int = 600, write: bool = True) -> float:
     if not write:
         return elapsed
     tidy_outputs(nb)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python",
+                                 "name": "python3"}
     nbformat.write(nb, path)
     return elapsed
 

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"SegFormer-{args.variant.upper()}, 150 classes, batch {args.batch}, "
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
           f"{args.runs} runs after a warm-up")
-    header = f"{'input':>9}  {'implementation':<14} {'median ms':>10} {'min ms':>8} {'max |diff|':>11}"
+    header = (f"{'input':>9}  {'implementation':<14} {'median ms':>10} {'min ms':>8} "
+              f"{'max |diff|':>11}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:

@@ -1,4 +1,5 @@
-"""DeepLabV3 / V3+: reference parameter counts, ASPP rates, batch-1 training, sizes, receptive fields.
+"""DeepLabV3 / V3+: reference parameter counts, ASPP rates, batch-1 training, sizes, receptive
+fields.
 
 Reference counts (21 classes):
 - torchvision ``DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["num_params"]`` is
@@ -22,8 +23,14 @@ import torch
 import torch.nn as nn
 
 from segcourse.models import build, list_models
-from segcourse.models.deeplab import (ASPP, PAPER, SMALL, DeepLabV3Plus, PoolingBatchNorm2d,
-                                      atrous_rates)
+from segcourse.models.deeplab import (
+    ASPP,
+    PAPER,
+    SMALL,
+    DeepLabV3Plus,
+    PoolingBatchNorm2d,
+    atrous_rates,
+)
 from segcourse.viz import receptive_field_extent, receptive_field_map
 from segcourse.widgets import dilation_explorer
 
@@ -104,8 +111,9 @@ def test_aspp_branches_by_hand():
     x = torch.randn(2, 8, 5, 7)
 
     def bn(m, t):
-        return (t - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
-            * m.weight[:, None, None] + m.bias[:, None, None]
+        mean, var = m.running_mean[:, None, None], m.running_var[:, None, None]
+        weight, bias = m.weight[:, None, None], m.bias[:, None, None]
+        return (t - mean) / torch.sqrt(var + m.eps) * weight + bias
 
     with torch.no_grad():
         # image pooling by hand: mean over space -> 1x1 conv -> BN -> ReLU, constant over space

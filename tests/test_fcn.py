@@ -9,8 +9,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segcourse.models import build
-from segcourse.models.fcn import (FCN, SMALL, FCNConfig, VGG16Features, bilinear_kernel,
-                                  bilinear_upsampling, crop_offsets, load_vgg16_weights)
+from segcourse.models.fcn import (
+    FCN,
+    SMALL,
+    FCNConfig,
+    VGG16Features,
+    bilinear_kernel,
+    bilinear_upsampling,
+    crop_offsets,
+    load_vgg16_weights,
+)
 
 # VGG16's geometry (first_pad=100, 7 x 7 fc6) with 1/32 of its channels: the same map sizes and
 # crops as the paper network, at a cost a unit test can afford.
@@ -67,7 +75,8 @@ def test_crop_offsets_reject_impossible_geometry():
         crop_offsets(first_pad=1, fc6_kernel=7)
 
 
-def _coordinate_probe(stride: int, config: FCNConfig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _coordinate_probe(stride: int, config: FCNConfig,
+                      size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Brute-force check of the alignment, independent of :func:`crop_offsets`' derivation.
 
     Turn the FCN into a network of symmetric averaging filters (3 x 3 means, 2 x 2 average
@@ -96,8 +105,9 @@ def _coordinate_probe(stride: int, config: FCNConfig, size: int) -> tuple[torch.
 
 
 @pytest.mark.parametrize("stride", [32, 16, 8])
-@pytest.mark.parametrize("config", [FCNConfig(widths=(3,) * 5, fc_channels=3),
-                                    replace(SMALL, widths=(3,) * 5, fc_channels=3, batch_norm=False)],
+@pytest.mark.parametrize("config", [
+    FCNConfig(widths=(3,) * 5, fc_channels=3),
+    replace(SMALL, widths=(3,) * 5, fc_channels=3, batch_norm=False)],
                          ids=["paper-geometry", "small-geometry"])
 def test_every_output_pixel_is_centred_on_itself(stride, config):
     size = 560  # the receptive fields (< 480 px across) of the centre pixels lie inside
@@ -105,10 +115,12 @@ def test_every_output_pixel_is_centred_on_itself(stride, config):
     centre = slice(size // 2 - 8, size // 2 + 8)
     xs = torch.arange(size, dtype=torch.float64)
     torch.testing.assert_close(cx[centre, centre], xs[centre].expand(16, 16), rtol=0, atol=1e-6)
-    torch.testing.assert_close(cy[centre, centre], xs[centre, None].expand(16, 16), rtol=0, atol=1e-6)
+    torch.testing.assert_close(cy[centre, centre], xs[centre, None].expand(16, 16),
+                               rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("config", [THIN_PAPER, replace(SMALL, widths=(2, 4, 8, 16, 16), fc_channels=8)],
+@pytest.mark.parametrize("config", [
+    THIN_PAPER, replace(SMALL, widths=(2, 4, 8, 16, 16), fc_channels=8)],
                          ids=["paper-geometry", "small-geometry"])
 def test_fcn8s_fits_every_size_modulo_32(config):
     # Map sizes repeat with period 32 in H; 32..96 covers every residue plus the smallest sizes.
@@ -172,7 +184,8 @@ def test_paper_fcn8s_parameter_count_matches_the_caffe_model():
         model = build("fcn8s", num_classes=21, paper=True)
     assert sum(p.numel() for p in model.parameters()) == expected
     # The fixed bilinear deconvolutions are stored but not trained (lr_mult: 0 in the prototxt).
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected - 2 * 7056 - 112_896
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == expected - 2 * 7056 - 112_896
     # VGG16's convolutions alone: 14,714,688 (torchvision's vgg16 features).
     assert sum(p.numel() for p in model.features.parameters()) == 14_714_688
 
@@ -203,7 +216,8 @@ def _torchvision_style_vgg16(widths, fc, batch_norm):
     return nn.Sequential(OrderedDict(
         features=nn.Sequential(*layers), avgpool=nn.AdaptiveAvgPool2d(7), flatten=nn.Flatten(),
         classifier=nn.Sequential(nn.Linear(c_in * 49, fc), nn.ReLU(True), nn.Dropout(),
-                                 nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(), nn.Linear(fc, 1000))))
+                                 nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(),
+                                 nn.Linear(fc, 1000))))
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["vgg16", "vgg16_bn"])

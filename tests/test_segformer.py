@@ -11,8 +11,13 @@ import torch
 import torch.nn as nn
 
 from segcourse.models import build
-from segcourse.models.segformer import (VARIANTS, EfficientSelfAttention, MixFFN, SegFormer,
-                                        convert_hf_state_dict)
+from segcourse.models.segformer import (
+    VARIANTS,
+    EfficientSelfAttention,
+    MixFFN,
+    SegFormer,
+    convert_hf_state_dict,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -140,7 +145,8 @@ def test_parameter_counts_match_hf_and_paper(variant, published):
 def test_variant_table_matches_the_paper():
     # Paper Table 6: widths C_i, depths L_i; decoder width 256 for B0/B1 and 768 for B2..B5.
     assert VARIANTS["b0"].hidden_sizes == (32, 64, 160, 256)
-    assert {VARIANTS[v].hidden_sizes for v in ("b1", "b2", "b3", "b4", "b5")} == {(64, 128, 320, 512)}
+    wide = {VARIANTS[v].hidden_sizes for v in ("b1", "b2", "b3", "b4", "b5")}
+    assert wide == {(64, 128, 320, 512)}
     assert [VARIANTS[v].depths for v in VARIANTS] == [
         (2, 2, 2, 2), (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 18, 3), (3, 8, 27, 3), (3, 6, 40, 3)]
     assert [VARIANTS[v].decoder_width for v in VARIANTS] == [256, 256, 768, 768, 768, 768]

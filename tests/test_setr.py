@@ -6,8 +6,15 @@ import torch
 import torch.nn as nn
 
 from segcourse.models import build
-from segcourse.models.setr import (ENCODERS, SETR, NaiveHead, PUPHead, ViTConfig,
-                                   convert_hf_vit_state_dict, resize_pos_embed)
+from segcourse.models.setr import (
+    ENCODERS,
+    SETR,
+    NaiveHead,
+    PUPHead,
+    ViTConfig,
+    convert_hf_vit_state_dict,
+    resize_pos_embed,
+)
 
 
 def count(model: nn.Module) -> int:

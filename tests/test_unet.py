@@ -1,37 +1,68 @@
 """U-Net and Attention U-Net: reference parameter counts, odd sizes, the attention gate."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from segcourse.models import build
-from segcourse.models.unet import AttentionGate, AttentionUNet, UNet, pad_to
-
+from segcourse.models.unet import (
+    PAPER,
+    SMALL,
+    AttentionGate,
+    AttentionUNet,
+    UNet,
+    UNetConfig,
+    pad_to,
+)
 
 # --- published sizes -----------------------------------------------------------------------------
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
 
 def test_parameter_count_matches_milesial_transposed():
     # milesial/Pytorch-UNet @ 21d7850 (unet/unet_model.py, unet_parts.py): UNet(n_channels=3,
     # n_classes=2, bilinear=False), features 64..1024, convs without bias + BatchNorm, 2x2
     # transposed convs with bias: 31,037,698 parameters (counted by instantiating that code).
-    assert sum(p.numel() for p in UNet(2, in_channels=3, base_channels=64, depth=4).parameters()) == 31_037_698
-    assert sum(p.numel() for p in build("unet", 2, paper=True).parameters()) == 31_037_698
+    assert count(UNet(2, in_channels=3, config=PAPER)) == 31_037_698
+    assert count(build("unet", 2, paper=True)) == 31_037_698
     # One input channel instead of three removes 2 x 64 x 3 x 3 weights of the first conv.
-    assert sum(p.numel() for p in UNet(2, in_channels=1, base_channels=64).parameters()) == 31_037_698 - 1152
+    assert count(UNet(2, in_channels=1, base_channels=64)) == 31_037_698 - 1152
 
 
 def test_parameter_count_matches_milesial_bilinear():
     # Same code, UNet(n_channels=3, n_classes=2, bilinear=True): 17,263,042 parameters.
-    assert sum(p.numel() for p in UNet(2, 3, base_channels=64, bilinear=True).parameters()) == 17_263_042
+    with torch.device("meta"):
+        assert count(build("unet", 2, paper=True, bilinear=True)) == 17_263_042
+        assert count(UNet(2, 3, base_channels=64, bilinear=True)) == 17_263_042
 
 
 def test_parameter_count_of_a_tiny_unet_by_hand():
     # depth 1, base 2, 3 -> 2 classes, transposed conv. Conv3x3 (no bias) + BN (2 per channel).
     inc = (3 * 2 * 9 + 2 * 2) + (2 * 2 * 9 + 2 * 2)          # 3->2, 2->2
     down = (2 * 4 * 9 + 2 * 4) + (4 * 4 * 9 + 2 * 4)          # 2->4, 4->4
-    up = (4 * 2 * 4 + 2) + (4 * 2 * 9 + 2 * 2) + (2 * 2 * 9 + 2 * 2)  # convT 4->2 k2, cat 4->2, 2->2
+    # convT 4->2 (k 2), then the concatenation 4->2 and 2->2
+    up = (4 * 2 * 4 + 2) + (4 * 2 * 9 + 2 * 2) + (2 * 2 * 9 + 2 * 2)
     out = 2 * 2 + 2
-    assert sum(p.numel() for p in UNet(2, 3, base_channels=2, depth=1).parameters()) == inc + down + up + out
+    assert count(UNet(2, 3, base_channels=2, depth=1)) == inc + down + up + out
+
+
+def test_config_and_keyword_arguments_build_the_same_network():
+    # The chapters call UNet(num_classes=..., base_channels=...): SMALL with that field replaced,
+    # the same network (same seed, same weights) as the config spelled out.
+    assert SMALL == UNetConfig(base_channels=16) and PAPER == UNetConfig()
+    assert UNet(5, base_channels=8).config == replace(SMALL, base_channels=8)
+    for cls in (UNet, AttentionUNet):
+        torch.manual_seed(0)
+        a = cls(5, config=UNetConfig(base_channels=4, depth=2, bilinear=True)).state_dict()
+        torch.manual_seed(0)
+        b = cls(5, base_channels=4, depth=2, bilinear=True).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="valid fields"):
+        UNet(5, base_channel=8)  # misspelt
 
 
 # --- sizes ---------------------------------------------------------------------------------------
@@ -53,7 +84,8 @@ def test_too_small_input_is_refused():
 def test_pad_to_pads_the_missing_last_row_and_column():
     x = torch.arange(4.0).reshape(1, 1, 2, 2)
     padded = pad_to(x, torch.zeros(1, 1, 3, 3))
-    assert torch.equal(padded[0, 0], torch.tensor([[0.0, 1.0, 0.0], [2.0, 3.0, 0.0], [0.0, 0.0, 0.0]]))
+    expected = torch.tensor([[0.0, 1.0, 0.0], [2.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
+    assert torch.equal(padded[0, 0], expected)
     with pytest.raises(RuntimeError):
         pad_to(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 3, 3))
 

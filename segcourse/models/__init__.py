@@ -68,9 +68,12 @@ def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False
                            **overrides)
 
 
-# Importing a family module registers its models. Keep one line per family file.
-from . import fcn  # noqa: E402,F401  (FCN-32s, FCN-8s)
-from . import unet  # noqa: E402,F401  (U-Net, Attention U-Net)
-from . import segformer  # noqa: E402,F401  (SegFormer-B0..B5)
-from . import setr  # noqa: E402,F401  (SETR-Naive, SETR-PUP)
-from . import deeplab  # noqa: E402,F401  (DeepLabV3, DeepLabV3+ on a dilated ResNet)
+# Importing a family module registers its models: one name per family file. (Last, because each
+# family imports `register` from this module.)
+from . import (  # noqa: E402
+    deeplab,  # noqa: F401  DeepLabV3, DeepLabV3+ on a dilated ResNet
+    fcn,  # noqa: F401  FCN-32s, FCN-8s
+    segformer,  # noqa: F401  SegFormer-B0..B5
+    setr,  # noqa: F401  SETR-Naive, SETR-PUP
+    unet,  # noqa: F401  U-Net, Attention U-Net
+)

@@ -1,4 +1,5 @@
-"""Dilated ResNet backbone: ResNet-18/34/50/101 returning named feature maps at output stride 32/16/8.
+"""Dilated ResNet backbone: ResNet-18/34/50/101 returning named feature maps at output stride 32,
+16 or 8.
 
 Paper: He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016; dilation in
 place of stride ("atrous convolution") as in Chen et al., "Rethinking Atrous Convolution for
@@ -11,7 +12,7 @@ so its ImageNet weights load with :func:`load_imagenet_weights`; there is no ``f
 
     backbone = resnet(depth=18, output_stride=16)
     feats = backbone(torch.randn(1, 3, 64, 64))  # layer1 16x16, layer2 8x8, layer3 4x4, layer4 4x4
-    backbone.channels                            # {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+    backbone.channels            # {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class ResNet(nn.Module):
         if depth not in ARCHITECTURES:
             raise ValueError(f"depth must be one of {sorted(ARCHITECTURES)}, got {depth!r}")
         if output_stride not in DILATE:
-            raise ValueError(f"output_stride must be one of {sorted(DILATE)}, got {output_stride!r}")
+            raise ValueError(f"output_stride must be one of {sorted(DILATE)}, "
+                             f"got {output_stride!r}")
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive int, got {width!r}")
         block, blocks = ARCHITECTURES[depth]
@@ -195,7 +197,8 @@ IMAGENET_URLS = {
 }
 
 
-def load_imagenet_weights(backbone: ResNet, depth: int | None = None, progress: bool = True) -> ResNet:
+def load_imagenet_weights(backbone: ResNet, depth: int | None = None,
+                          progress: bool = True) -> ResNet:
     """Load torchvision's ImageNet weights into ``backbone`` (downloads once; needs the network).
 
     Loading is strict on every key except the classifier ``fc.*``, which the backbone does not

@@ -5,8 +5,16 @@ Panoptic FPN forward in train and eval mode."""
 import pytest
 import torch
 
+from segcourse.data import InstanceTargets, ShapesDataset
 from segcourse.metrics import panoptic_quality
-from segcourse.models.panoptic import VOID, SemanticFPNHead, panoptic_fpn, panoptic_fusion
+from segcourse.models.panoptic_fpn import (
+    PAPER,
+    VOID,
+    PanopticFPN,
+    SemanticFPNHead,
+    panoptic_fpn,
+    panoptic_fusion,
+)
 
 THINGS, STUFFS = [1], [0]
 
@@ -26,7 +34,8 @@ def test_perfect_prediction_is_one():
     assert (r["pq"], r["sq"], r["rq"], r["n"]) == (1.0, 1.0, 1.0, 2)
     # instance ids are labels, not values: renumbering the objects changes nothing; stuff
     # pixels' instance ids are ignored
-    assert panoptic_quality(pan(CAT, INST * 7 + (CAT == 0) * 3), target, THINGS, STUFFS)["pq"] == 1.0
+    renumbered = pan(CAT, INST * 7 + (CAT == 0) * 3)
+    assert panoptic_quality(renumbered, target, THINGS, STUFFS)["pq"] == 1.0
 
 
 def test_split_segment_by_hand():
@@ -86,8 +95,8 @@ def test_classes_absent_from_both_maps_are_not_averaged():
     target = pan(CAT, INST)
     r = panoptic_quality(target, target, [1, 5], [0, 6])
     assert r["n"] == 2 and set(r["per_class"]) == {0, 1}
-    r = panoptic_quality(pan(torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long)),
-                         pan(torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long)), [1], [0])
+    only_stuff = pan(torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long))
+    r = panoptic_quality(only_stuff, only_stuff.clone(), [1], [0])
     assert r["things"]["n"] == 0 and r["things"]["pq"] != r["things"]["pq"]  # NaN: no things at all
 
 
@@ -95,7 +104,8 @@ def test_batch_accumulates_counts_over_images():
     perfect = pan(CAT, INST)
     inst = INST.clone()
     inst[3, :2] = 2
-    r = panoptic_quality(torch.stack([perfect, pan(CAT, inst)]), torch.stack([perfect, perfect]), THINGS, STUFFS)
+    r = panoptic_quality(torch.stack([perfect, pan(CAT, inst)]), torch.stack([perfect, perfect]),
+                         THINGS, STUFFS)
     thing = r["per_class"][1]
     # TPs with IoU 1 and 0.75, one FP: SQ 0.875, RQ 2 / 2.5, PQ 1.75 / 2.5
     assert (thing["tp"], thing["fp"]) == (2, 1)
@@ -106,7 +116,8 @@ def panoptic_quality_reference(preds, target, things, stuffs):
     """panopticapi's pq_compute_single_core + pq_average, with dicts, one image at a time."""
     known = set(things) | set(stuffs)
     stat = {c: [0.0, 0, 0, 0] for c in known}
-    for p_img, t_img in zip(preds.reshape(-1, *preds.shape[-3:]), target.reshape(-1, *target.shape[-3:])):
+    for p_img, t_img in zip(preds.reshape(-1, *preds.shape[-3:]),
+                            target.reshape(-1, *target.shape[-3:])):
         def segments(img):  # per pixel its segment (None: void / unlabelled), and segment areas
             labels = [(c, 0 if c in stuffs else i) if c in known else None
                       for c, i in img.reshape(-1, 2).tolist()]
@@ -137,7 +148,7 @@ def panoptic_quality_reference(preds, target, things, stuffs):
             if a not in p_matched and joint.get((a, None), 0) / p_area[a] <= 0.5:
                 stat[a[0]][2] += 1
     pqs, sqs, rqs = [], [], []
-    for c, (iou, tp, fp, fn) in stat.items():
+    for iou, tp, fp, fn in stat.values():
         if tp + fp + fn == 0:
             continue
         pqs.append(iou / (tp + fp / 2 + fn / 2))
@@ -151,8 +162,10 @@ def test_matches_a_literal_panopticapi_loop_on_random_maps(seed):
     g = torch.Generator().manual_seed(seed)
 
     def blocky(void):  # 3 x 4 blocks of 4 x 4 pixels, 15% of pixels re-drawn at random
-        cat = torch.randint(0, 5 + void, (2, 3, 4), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
-        inst = torch.randint(0, 3, (2, 3, 4), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
+        def blocks(high):
+            return torch.randint(0, high, (2, 3, 4), generator=g).repeat_interleave(4, 1) \
+                .repeat_interleave(4, 2)
+        cat, inst = blocks(5 + void), blocks(3)
         noise = torch.rand(cat.shape, generator=g) < 0.15
         cat = torch.where(noise, torch.randint(0, 5 + void, cat.shape, generator=g), cat)
         return torch.stack([torch.where(cat == 5, -1, cat), inst], dim=-1)
@@ -188,11 +201,13 @@ def box_mask(y0, y1, x0, x1, shape=(8, 8)):
 def test_fusion_higher_score_wins_overlaps_and_duplicates_are_dropped():
     masks = torch.stack([box_mask(0, 4, 0, 4),    # score 0.6
                          box_mask(2, 6, 2, 6),    # score 0.9: placed first
-                         box_mask(2, 6, 3, 6),    # score 0.8: 12 px, all under the 0.9 one -> dropped
+                         box_mask(2, 6, 3, 6),    # score 0.8: 12 px, all under the 0.9 one:
+                         #                          dropped
                          box_mask(6, 8, 6, 8)])   # score 0.3: below the score threshold
     scores = torch.tensor([0.6, 0.9, 0.8, 0.3])
     semantic = torch.zeros(8, 8, dtype=torch.long)
-    out = panoptic_fusion(masks, scores, torch.tensor([2, 3, 3, 4]), semantic, [0], stuff_area_limit=1)
+    out = panoptic_fusion(masks, scores, torch.tensor([2, 3, 3, 4]), semantic, [0],
+                          stuff_area_limit=1)
     category, instance = out[..., 0], out[..., 1]
     assert (instance[2:6, 2:6] == 1).all() and (category[2:6, 2:6] == 3).all()
     # the 0.6 instance overlaps the placed one on 4 of 16 px (25% <= 50%): kept, minus the overlap
@@ -208,7 +223,8 @@ def test_fusion_overlap_threshold_boundary():
     big, half = box_mask(0, 4, 0, 4), box_mask(0, 4, 2, 6)  # half of `half` lies under `big`
     args = (torch.stack([big, half]), torch.tensor([0.9, 0.8]), torch.tensor([2, 2]),
             torch.full((8, 8), 7), [0])
-    assert (panoptic_fusion(*args, overlap_threshold=0.5)[..., 1] == 2).sum() == 8   # 0.5 is not > 0.5
+    # 0.5 is not > 0.5
+    assert (panoptic_fusion(*args, overlap_threshold=0.5)[..., 1] == 2).sum() == 8
     assert (panoptic_fusion(*args, overlap_threshold=0.49)[..., 1] == 2).sum() == 0
 
 
@@ -217,10 +233,13 @@ def test_fusion_small_stuff_regions_and_leftovers_are_void():
     semantic[:, 6:] = 1      # stuff 1: 16 px, 8 of them under the object -> 8 free px
     semantic[0, 0:2] = 7     # the semantic head's "thing" class: never used to fill
     masks = box_mask(4, 8, 4, 8)[None]
-    fuse = lambda limit: panoptic_fusion(masks, torch.tensor([0.9]), torch.tensor([2]), semantic,
-                                         [0, 1], stuff_area_limit=limit)
+    def fuse(limit):
+        return panoptic_fusion(masks, torch.tensor([0.9]), torch.tensor([2]), semantic, [0, 1],
+                               stuff_area_limit=limit)
+
     out = fuse(8)
-    assert (out[4:, 4:, 0] == 2).all() and (out[4:, 4:, 1] == 1).all()  # the object keeps its pixels
+    # the object keeps its pixels
+    assert (out[4:, 4:, 0] == 2).all() and (out[4:, 4:, 1] == 1).all()
     assert (out[:4, 6:, 0] == 1).all()                                   # 8 free px >= 8: filled
     assert (out[0, 0:2] == torch.tensor([VOID, 0])).all()                # "thing" class: void
     out = fuse(9)
@@ -230,7 +249,8 @@ def test_fusion_small_stuff_regions_and_leftovers_are_void():
 
 def test_fusion_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="must agree"):
-        panoptic_fusion(torch.zeros(2, 8, 8, dtype=torch.bool), torch.zeros(1), torch.zeros(2), torch.zeros(8, 8), [0])
+        panoptic_fusion(torch.zeros(2, 8, 8, dtype=torch.bool), torch.zeros(1), torch.zeros(2),
+                        torch.zeros(8, 8), [0])
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -246,6 +266,29 @@ def test_semantic_head_size_matches_detectron2():
     assert out.shape == (1, 54, 96, 128)  # stride 4 -> input size
 
 
+def test_paper_panoptic_fpn_is_mask_rcnn_plus_the_semantic_head():
+    # COCO panoptic: 80 things, 53 stuff. Mask R-CNN with 81 classes is torchvision's 44,401,393
+    # minus 10 classes of predictors: box scores 10 * (1024 + 1), box deltas 40 * (1024 + 1),
+    # mask logits 10 * (256 + 1) = 53,820; plus Detectron2's semantic head above (1,630,774).
+    with torch.device("meta"):
+        net = panoptic_fpn(range(53, 133), range(53), paper=True)
+    assert sum(p.numel() for p in net.parameters()) == 44_401_393 - 53_820 + 1_630_774
+    assert (PAPER.semantic_channels, PAPER.stuff_area_limit, PAPER.depth) == (128, 4096, 50)
+    assert PAPER.frozen_batchnorm and PanopticFPN.returns_losses
+
+
+def test_panoptic_fpn_config_overrides_and_errors():
+    net = panoptic_fpn((2, 3, 4), (0, 1), semantic_channels=16, stuff_area_limit=5)
+    assert net.semantic_head.predictor.in_channels == 16 and net.config.stuff_area_limit == 5
+    assert net.mask_rcnn.config is net.config and net.config.num_classes == 4
+    with pytest.raises(ValueError, match="unknown PanopticFPNConfig field"):
+        panoptic_fpn((2, 3, 4), (0, 1), semantic_chanels=16)
+    with pytest.raises(ValueError, match="must not share"):
+        panoptic_fpn((1, 2), (0, 1))
+    with pytest.raises(ValueError, match="num_classes"):
+        PanopticFPN((2, 3), (0, 1), PAPER)  # PAPER has Mask R-CNN's default 4 classes, not 3
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -253,17 +296,14 @@ def model():
 
 
 def test_panoptic_fpn_train_mode(model):
-    from segcourse.data import ShapesDataset
-    from segcourse.models.maskrcnn import targets_from_samples
     ds = ShapesDataset(num_samples=2, size=64, seed=0, void_border=1)
-    samples = [ds.sample(i) for i in range(2)]
-    losses = model.train()(torch.stack([s.image for s in samples]), targets_from_samples(samples, ds.thing_classes))
+    images, targets = InstanceTargets.collate_fn([InstanceTargets(ds)[i] for i in range(2)])
+    losses = model.train()(images, targets)
     assert "loss_semantic" in losses and len(losses) == 6
     assert all(torch.isfinite(v) for v in losses.values())
-    targets = targets_from_samples(samples, ds.thing_classes)
     del targets[0]["semantic"]
     with pytest.raises(ValueError, match="'semantic'"):
-        model.train()(torch.stack([s.image for s in samples]), targets)
+        model.train()(images, targets)
 
 
 @pytest.mark.parametrize("size", [(97, 131), (33, 47)])
@@ -281,7 +321,8 @@ class _Oracle(torch.nn.Module):
 
     def __init__(self, data):
         super().__init__()
-        self.data, self.thing_classes, self.stuff_classes = data, data.thing_classes, data.stuff_classes
+        self.data = data
+        self.thing_classes, self.stuff_classes = data.thing_classes, data.stuff_classes
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.seen = 0
 
@@ -298,8 +339,7 @@ class _Oracle(torch.nn.Module):
 
 
 def test_evaluate_panoptic_scores_the_ground_truth_as_perfect():
-    from segcourse.data import ShapesDataset
-    from segcourse.models.panoptic import evaluate_panoptic, shapes_batches
+    from segcourse.models.panoptic_fpn import evaluate_panoptic, shapes_batches
     data = ShapesDataset(num_samples=7, size=48, seed=2)
     result = evaluate_panoptic(_Oracle(data), shapes_batches(data, 3))  # batches of 3, 3, 1
     assert len(result["predictions"]) == 7
@@ -307,8 +347,7 @@ def test_evaluate_panoptic_scores_the_ground_truth_as_perfect():
 
 
 def test_train_instances_runs_and_logs():
-    from segcourse.data import ShapesDataset
-    from segcourse.models.panoptic import shapes_batches, train_instances
+    from segcourse.models.panoptic_fpn import shapes_batches, train_instances
     torch.manual_seed(0)
     net = panoptic_fpn((2, 3, 4), (0, 1))
     log = train_instances(net, shapes_batches(ShapesDataset(num_samples=6, size=64, seed=0), 2),

@@ -2,6 +2,7 @@
 
 from .pets import PETS_URLS, OxfordPets, download_oxford_pets
 from .shapes import IGNORE_INDEX, SHAPES_CLASSES, SHAPES_PALETTE, ShapesDataset, ShapesSample
+from .targets import InstanceTargets, panoptic_target, target_from_mask, targets_from_samples
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Compose, Normalize, RandomHorizontalFlip,
                          RandomScaleCrop, Resize, resize_pair)
 
@@ -10,4 +11,5 @@ __all__ = [
     "OxfordPets", "download_oxford_pets", "PETS_URLS",
     "Compose", "RandomHorizontalFlip", "RandomScaleCrop", "Resize", "Normalize", "resize_pair",
     "IMAGENET_MEAN", "IMAGENET_STD",
+    "InstanceTargets", "targets_from_samples", "target_from_mask", "panoptic_target",
 ]

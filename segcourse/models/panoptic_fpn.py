@@ -16,21 +16,20 @@ any object; the instance branch says which object. Panoptic fusion turns both in
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
-from dataclasses import replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..metrics import panoptic_quality
-from ..metrics import mask_average_precision
-from .maskrcnn import (PAPER, MaskRCNN, MaskRCNNConfig, _check_targets,
-                       targets_from_samples)
+from . import mask_rcnn as _mask_rcnn
+from .config import configure
+from .mask_rcnn import MaskRCNN, MaskRCNNConfig, check_targets
 
-__all__ = ["VOID", "SemanticFPNHead", "panoptic_fusion", "PanopticFPN", "panoptic_fpn",
-           "shapes_batches", "train_instances", "panoptic_target", "evaluate_panoptic"]
+__all__ = ["VOID", "UpsampleStage", "SemanticFPNHead", "panoptic_fusion", "PanopticFPNConfig",
+           "SMALL", "PAPER", "PanopticFPN", "panoptic_fpn"]
 
 VOID = -1  # category of pixels that fusion leaves unlabelled; instance id 0
 
@@ -39,8 +38,9 @@ class UpsampleStage(nn.Sequential):
     """3x3 conv -> GroupNorm -> ReLU, then 2x bilinear upsampling if asked (paper, Fig. 3)."""
 
     def __init__(self, in_channels: int, channels: int, upsample: bool):
-        # GroupNorm with 32 groups at the paper's 128 channels; narrower heads keep 4 channels
-        # per group so that the normalisation statistics are not taken over a single channel.
+        # Deliberate difference: GroupNorm with 32 groups at the paper's 128 channels (Detectron2);
+        # narrower heads keep 4 channels per group so that the normalisation statistics are not
+        # taken over a single channel.
         layers = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
                   nn.GroupNorm(min(32, max(channels // 4, 1)), channels), nn.ReLU(inplace=True)]
         if upsample:
@@ -58,8 +58,9 @@ class SemanticFPNHead(nn.Module):
         self.scale_heads = nn.ModuleList()
         for stride in strides:
             n = max(int(math.log2(stride / strides[0])), 1)
+            up = stride != strides[0]
             self.scale_heads.append(nn.Sequential(*(
-                UpsampleStage(in_channels if i == 0 else channels, channels, upsample=stride != strides[0])
+                UpsampleStage(in_channels if i == 0 else channels, channels, upsample=up)
                 for i in range(n))))
         self.predictor = nn.Conv2d(channels, num_classes, 1)
         self.common_stride = strides[0]
@@ -121,12 +122,29 @@ def panoptic_fusion(masks: torch.Tensor, scores: torch.Tensor, categories: torch
     return torch.stack([category, instance], dim=-1)
 
 
+@dataclass(frozen=True)
+class PanopticFPNConfig(MaskRCNNConfig):
+    """Mask R-CNN's fields plus the semantic head and fusion; CPU-sized defaults, see PAPER."""
+
+    semantic_channels: int = 32             # semantic head width (paper: 128)
+    semantic_loss_weight: float = 0.5       # Detectron2's Panoptic FPN configs
+    overlap_threshold: float = 0.5          # fusion: an instance > 50% covered is a duplicate
+    stuff_area_limit: int = 16              # fusion, pixels (paper: 4096 on ~800-px COCO images;
+    #                                         16 keeps the same share of a 64 x 64 image)
+    instance_score_threshold: float = 0.5   # fusion places instances at least this confident
+
+
+SMALL = PanopticFPNConfig()
+PAPER = PanopticFPNConfig(**dataclasses.asdict(_mask_rcnn.PAPER), semantic_channels=128,
+                          stuff_area_limit=4096)
+
+
 class PanopticFPN(nn.Module):
     """Mask R-CNN plus a semantic FPN head on the same pyramid, and panoptic fusion at inference.
 
     Categories are the dataset's: ``thing_classes`` and ``stuff_classes`` are lists of dataset
     class ids (for the shapes data ``(2, 3, 4)`` and ``(0, 1)``). Training targets are Mask R-CNN
-    targets (object labels 1..len(thing_classes), see ``targets_from_samples``) plus
+    targets (object labels 1..len(thing_classes), see ``segcourse.data.InstanceTargets``) plus
     ``semantic``, the dataset's class map (255 = ignore). The semantic head learns the stuff
     classes and one extra "thing" class for every pixel of ``thing_classes``.
 
@@ -136,22 +154,26 @@ class PanopticFPN(nn.Module):
     class ids.
     """
 
-    def __init__(self, thing_classes, stuff_classes, config: MaskRCNNConfig | None = None,
-                 semantic_channels: int = 128, semantic_loss_weight: float = 0.5,
-                 overlap_threshold: float = 0.5, stuff_area_limit: int = 4096,
-                 score_threshold: float = 0.5):
+    returns_losses = True  # segcourse.train.fit: training-mode forward(images, targets) -> dict
+
+    def __init__(self, thing_classes, stuff_classes, config: PanopticFPNConfig | None = None):
         super().__init__()
         self.thing_classes, self.stuff_classes = tuple(thing_classes), tuple(stuff_classes)
-        config = config or MaskRCNNConfig()
+        if set(self.thing_classes) & set(self.stuff_classes):
+            raise ValueError(f"thing_classes {self.thing_classes} and stuff_classes "
+                             f"{self.stuff_classes} must not share a class")
+        if any(not 0 <= c < 255 for c in self.thing_classes + self.stuff_classes):
+            raise ValueError("class ids must be in 0..254 (255 is the ignore label)")
+        config = config or configure(SMALL, num_classes=len(self.thing_classes) + 1)
+        if not isinstance(config, PanopticFPNConfig):
+            raise ValueError(f"config must be a PanopticFPNConfig, got {type(config).__name__}")
         if config.num_classes != len(self.thing_classes) + 1:
             raise ValueError(f"config.num_classes must be len(thing_classes) + 1 = "
                              f"{len(self.thing_classes) + 1}, got {config.num_classes}")
+        self.config = config
         self.mask_rcnn = MaskRCNN(config)
         self.semantic_head = SemanticFPNHead(config.fpn_channels, len(self.stuff_classes) + 1,
-                                             semantic_channels)
-        self.semantic_loss_weight = semantic_loss_weight
-        self.overlap_threshold, self.stuff_area_limit = overlap_threshold, stuff_area_limit
-        self.score_threshold = score_threshold
+                                             config.semantic_channels)
         # dataset class id -> semantic head class: stuff k -> k, any thing -> S, ignore stays 255
         lookup = torch.full((256,), 255, dtype=torch.int64)
         lookup[list(self.stuff_classes)] = torch.arange(len(self.stuff_classes))
@@ -167,58 +189,63 @@ class PanopticFPN(nn.Module):
         pyramid = self.mask_rcnn.features(images)
         logits = self.semantic_logits(pyramid, (H, W))
         if self.training:
-            _check_targets(targets, images, self.mask_rcnn.config.num_classes)
-            if any("semantic" not in t for t in targets):
-                raise ValueError("Panoptic FPN targets need 'semantic', the [H, W] class map of the "
-                                 "image (255 = ignore), for the stuff head")
-            _, losses = self.mask_rcnn.instances(pyramid, (H, W), targets)
-            semantic = torch.stack([t["semantic"] for t in targets]).to(images.device)
-            labels = self.semantic_lookup[semantic.clamp(0, 255)]
-            losses["loss_semantic"] = self.semantic_loss_weight * F.cross_entropy(logits, labels, ignore_index=255)
-            return losses
+            return self.loss(images, pyramid, logits, targets)
+        c = self.config
         detections, _ = self.mask_rcnn.instances(pyramid, (H, W))
         stuff_and_thing = torch.tensor([*self.stuff_classes, VOID], device=images.device)
-        thing_ids = torch.tensor([VOID, *self.thing_classes], device=images.device)  # label 0 = background
+        # label 0 is the background
+        thing_ids = torch.tensor([VOID, *self.thing_classes], device=images.device)
         for det, lg in zip(detections, logits):
             det["categories"] = thing_ids[det["labels"]]
             det["semantic_logits"] = lg
             det["panoptic"] = panoptic_fusion(det["masks"], det["scores"], det["categories"],
                                               stuff_and_thing[lg.argmax(0)], self.stuff_classes,
-                                              self.overlap_threshold, self.stuff_area_limit,
-                                              self.score_threshold)
+                                              c.overlap_threshold, c.stuff_area_limit,
+                                              c.instance_score_threshold)
         return detections
+
+    def loss(self, images, pyramid, logits, targets) -> dict[str, torch.Tensor]:
+        check_targets(targets, images, self.config.num_classes)
+        if any("semantic" not in t for t in targets):
+            raise ValueError("Panoptic FPN targets need 'semantic', the [H, W] class map of the "
+                             "image (255 = ignore), for the stuff head")
+        _, losses = self.mask_rcnn.instances(pyramid, tuple(images.shape[-2:]), targets)
+        semantic = torch.stack([t["semantic"] for t in targets]).to(images.device)
+        labels = self.semantic_lookup[semantic.clamp(0, 255)]
+        loss = F.cross_entropy(logits, labels, ignore_index=255)
+        losses["loss_semantic"] = self.config.semantic_loss_weight * loss
+        return losses
 
 
 def panoptic_fpn(thing_classes, stuff_classes, paper: bool = False, **overrides) -> PanopticFPN:
     """CPU-sized Panoptic FPN (semantic head 32 wide, stuff area limit 16 px for 64-px images),
-    or with ``paper=True`` ResNet-50-FPN with a 128-wide semantic head and Detectron2's limits."""
-    head = dict(semantic_channels=128, stuff_area_limit=4096) if paper else \
-        dict(semantic_channels=32, stuff_area_limit=16)
-    head.update({k: overrides.pop(k) for k in list(overrides) if k in
-                 ("semantic_channels", "semantic_loss_weight", "overlap_threshold",
-                  "stuff_area_limit", "score_threshold")})
-    config = MaskRCNNConfig(num_classes=len(thing_classes) + 1, **(PAPER if paper else {}))
-    return PanopticFPN(thing_classes, stuff_classes, replace(config, **overrides), **head)
+    or with ``paper=True`` ResNet-50-FPN with a 128-wide semantic head and Detectron2's limits;
+    any :class:`PanopticFPNConfig` field can be overridden by keyword."""
+    config = configure(PAPER if paper else SMALL, num_classes=len(tuple(thing_classes)) + 1,
+                       **overrides)
+    return PanopticFPN(thing_classes, stuff_classes, config)
 
+
+# --- temporary: until segcourse.train's fit and evaluate_panoptic train and score these models --
+# (then the chapter, the script and the tests move to them and this section is deleted)
 
 def shapes_batches(dataset, batch_size: int, thing_classes=None):
     """``(images, targets)`` batches over a ``ShapesDataset`` in index order, each scene once."""
-    thing_classes = dataset.thing_classes if thing_classes is None else thing_classes
-    for start in range(0, len(dataset), batch_size):
-        samples = [dataset.sample(i) for i in range(start, min(start + batch_size, len(dataset)))]
-        yield torch.stack([s.image for s in samples]), targets_from_samples(samples, thing_classes)
+    from torch.utils.data import DataLoader
+
+    from ..data.targets import InstanceTargets
+    data = InstanceTargets(dataset, thing_classes)
+    return iter(DataLoader(data, batch_size, collate_fn=InstanceTargets.collate_fn))
 
 
 def train_instances(model: nn.Module, batches, iterations: int, lr: float = 2e-3,
-                    weight_decay: float = 1e-4, warmup: int = 100, device=None, amp: bool | None = None,
-                    log_every: int = 50) -> list[dict]:
+                    weight_decay: float = 1e-4, warmup: int = 100, device=None,
+                    amp: bool | None = None, log_every: int = 50) -> list[dict]:
     """Train a Mask R-CNN or Panoptic FPN on ``(images, targets)`` batches; returns a log.
 
-    ``segcourse.train.fit`` trains models that map images to logits with one loss; detection
-    models take targets and return several losses, so they get this small loop: AdamW, linear
-    warm-up then cosine decay per iteration, mixed precision on CUDA (``amp=None``: when on a
-    GPU). ``batches`` is any iterable yielding at least ``iterations`` batches.
+    AdamW, linear warm-up then cosine decay per iteration, mixed precision on CUDA.
     """
+    import time
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp = (device.type == "cuda") if amp is None else amp
     model.to(device).train()
@@ -252,35 +279,27 @@ def train_instances(model: nn.Module, batches, iterations: int, lr: float = 2e-3
                    "seconds": round(time.perf_counter() - start, 1),
                    "cpu_seconds": round(time.process_time() - cpu_start, 1)}
             log.append(row)
-            print(f"iteration {it:5d}  loss {row['loss']:.3f}  "
-                  + "  ".join(f"{k[5:]} {v:.3f}" for k, v in row.items() if k.startswith("loss_")), flush=True)
+            print(f"iteration {it:5d}  loss {row['loss']:.3f}  " + "  ".join(
+                f"{k[5:]} {v:.3f}" for k, v in row.items() if k.startswith("loss_")), flush=True)
     model.eval()
     return log
-
-
-def panoptic_target(target: dict) -> torch.Tensor:
-    """The ``[H, W, 2]`` ground truth of one target dict: (``semantic`` class, object index + 1)."""
-    instance = torch.zeros_like(target["semantic"])
-    for k, mask in enumerate(target["masks"]):
-        instance[mask.bool()] = k + 1
-    return torch.stack([target["semantic"], instance], dim=-1)
 
 
 @torch.no_grad()
 def evaluate_panoptic(model: PanopticFPN, batches, device=None) -> dict:
     """Mask AP@0.5 of the instance branch and PQ of the fused output over ``(images, targets)``
-    batches (e.g. ``shapes_batches(dataset, 16)``); targets as for training.
-
-    Returns ``{"mask_ap50", "pq", "sq", "rq", "pq_things", "pq_stuff", "predictions"}`` (the
-    per-image outputs, on the CPU, for plotting).
-    """
+    batches; returns ``{"mask_ap50", "pq", "sq", "rq", "pq_things", "pq_stuff",
+    "predictions"}``."""
+    from ..data.targets import panoptic_target
+    from ..metrics import mask_average_precision, panoptic_quality
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     predictions, targets = [], []
     try:
         for images, batch_targets in batches:
-            predictions += [{k: v.cpu() for k, v in out.items()} for out in model(images.to(device))]
+            predictions += [{k: v.cpu() for k, v in out.items()}
+                            for out in model(images.to(device))]
             targets += batch_targets
     finally:
         model.train(was_training)
@@ -289,4 +308,5 @@ def evaluate_panoptic(model: PanopticFPN, batches, device=None) -> dict:
                           torch.stack([panoptic_target(t) for t in targets]),
                           model.thing_classes, model.stuff_classes)
     return {"mask_ap50": ap["ap"], "pq": pq["pq"], "sq": pq["sq"], "rq": pq["rq"],
-            "pq_things": pq["things"]["pq"], "pq_stuff": pq["stuff"]["pq"], "predictions": predictions}
+            "pq_things": pq["things"]["pq"], "pq_stuff": pq["stuff"]["pq"],
+            "predictions": predictions}

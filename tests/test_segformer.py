@@ -196,6 +196,19 @@ def test_stochastic_depth_grows_linearly_to_drop_path():
     assert rates == sorted(rates)
 
 
+def test_registry_paper_switch_variants_and_overrides():
+    # B0 is both the CPU default and the paper configuration; variant picks a published row and
+    # keywords replace fields of that row
+    with torch.device("meta"):
+        assert build("segformer", 5).config == VARIANTS["b0"]
+        assert build("segformer", 5, paper=True).config == VARIANTS["b0"]
+        b2 = build("segformer", 5, paper=True, variant="b2", drop_path=0.0)
+    assert b2.config == dataclasses.replace(VARIANTS["b2"], drop_path=0.0)
+    assert {block.drop_path.p for stage in b2.encoder.stages for block in stage.blocks} == {0.0}
+    with pytest.raises(ValueError, match="unknown SegFormer variant"):
+        build("segformer", 5, variant="b9")
+
+
 # --- the model contract -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("size", [(97, 131), (33, 47), (32, 32)])

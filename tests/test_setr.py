@@ -1,6 +1,8 @@
 """SETR: position-embedding resampling by hand, the ViT encoder against HF transformers'
 ``ViTModel`` (random weights, no download), parameter counts, any input size, errors."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn as nn
@@ -111,6 +113,12 @@ def test_registry_paper_switch_builds_vit_l16(name):
         assert build(name, 19).config == ENCODERS["small"]
         assert build(name, 19, paper=True).config == ENCODERS["vit_l16"]
         assert build(name, 19, encoder="vit_b16").config == ENCODERS["vit_b16"]
+        # a row, then fields by keyword: ViT-L/16 at half depth
+        half = build(name, 19, paper=True, depth=12)
+        assert half.config == dataclasses.replace(ENCODERS["vit_l16"], depth=12)
+        assert len(half.encoder.blocks) == 12
+    with pytest.raises(ValueError, match="unknown SETR encoder"):
+        build(name, 19, encoder="vit_h14")
 
 
 def test_decoder_parameter_counts_by_hand():

@@ -1,10 +1,15 @@
 """The one idiom every model family uses for its sizes.
 
-Each family has a frozen dataclass config (every field with a reason), a ``PAPER`` instance with
-the published sizes and a CPU-sized default, and builders
+Each family has a frozen dataclass config (every field with a one-line reason), two instances --
+``SMALL``, CPU-sized, the registry default, and ``PAPER``, the published sizes -- and builders
 ``name(num_classes, in_channels=3, paper=False, **overrides)`` that call :func:`configure`::
 
     config = configure(PAPER if paper else SMALL, **overrides)
+
+A family with a table of published sizes takes one more keyword naming the row to start from
+instead (SegFormer ``variant="b0".."b5"``, SETR ``encoder="vit_b16"``); the overrides then apply
+to that row. ``tests/test_registry.py`` holds every registered builder to this, and checks each
+``PAPER`` against its published parameter count.
 """
 
 from __future__ import annotations

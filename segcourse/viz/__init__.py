@@ -18,3 +18,20 @@ __all__ = ["colorize", "overlay", "to_numpy_image", "show_predictions", "legend_
 from .tasks import show_augmented, show_panels, show_tasks  # chapter 1
 
 __all__ += ["show_tasks", "show_panels", "show_augmented"]
+
+from .detection import (  # chapter 7  # noqa: E402
+    counting_figure,
+    detections_figure,
+    draw_boxes,
+    paint_instances,
+    paint_panoptic,
+    panoptic_figure,
+    pipeline_figure,
+    pq_example_figure,
+    roi_sampling_figure,
+    shift_response_figure,
+)
+
+__all__ += ["draw_boxes", "paint_instances", "paint_panoptic", "counting_figure",
+            "roi_sampling_figure", "shift_response_figure", "pipeline_figure",
+            "detections_figure", "panoptic_figure", "pq_example_figure"]

@@ -1,24 +1,38 @@
-"""A small, complete training loop shared by every chapter.
+"""The one training loop of the course, for every model from FCN to Panoptic FPN.
 
-    history = fit(model, train_set, val_set, epochs=10, lr=1e-3)
+    history = fit(model, train_set, val_set, epochs=10, lr=1e-3)           # a semantic model
     evaluate(model, val_set)        # {"miou": ..., "pixel_accuracy": ..., "iou": tensor[K], ...}
+    history = fit(mask_rcnn, instances, max_steps=1000, scheduler="warmup_cosine",
+                  warmup_steps=100, evaluator=evaluate_instances, val_data=held_out)
 
-What it does, and why:
+The loop asks for a dict of named losses, sums them, logs each, scales and steps -- the design of
+Detectron2's ``SimpleTrainer`` and HF's ``Trainer``. Semantic models are the special case
+``{"loss": loss_fn(model(images), masks)}``; detection models compute their own loss dict; a
+``step`` function covers trainers with custom logic. Every feature below then serves every model:
 
-- **Device**: CUDA when present, else CPU (``get_device``); the model is moved for you.
+- **Device**: CUDA when present, else CPU (``get_device``); the model is moved for you, and so is
+  every batch, targets included (tensors inside dicts and lists too).
 - **Mixed precision** on CUDA (``torch.autocast`` float16 + ``GradScaler``): about twice the speed
   on Colab's GPUs; CPU runs stay in float32, where autocast would only slow things down.
-- **AdamW with a cosine learning-rate schedule** stepped per batch: a robust default for every
-  model in the course, from U-Net to SegFormer.
-- **A text progress bar** (tqdm) with the epoch, loss and validation mIoU. It is a text bar on
+- **AdamW and a per-step schedule**: cosine decay to 0, or a linear warm-up then cosine (what
+  detection models need: their first steps, with random heads, give large gradients), or
+  constant. Train for ``epochs`` or for ``max_steps`` iterations, as detection usually is.
+- **A text progress bar** (tqdm) with the epoch, loss and a validation score. It is a text bar on
   purpose: it updates live in Jupyter, Colab and a terminal, and an executed notebook stores its
   final line, so the static book shows the finished bar instead of an empty widget box.
-- **History** of loss and metrics per epoch, and **checkpoints** that round-trip.
+- **History** of every loss and validation score per epoch (and every ``log_every`` steps), and
+  **checkpoints** that round-trip (:mod:`segcourse.checkpoints`).
 - **Seeded**: with the same seed, data order and dropout are the same on every run.
 - **Several GPUs** (or CPU processes): launched with ``torchrun --nproc_per_node=N``, after
   :func:`setup_distributed`, ``fit`` wraps the model in ``DistributedDataParallel``, gives each
   process its own shard of the data (``DistributedSampler``), shows the bar on rank 0 only, and
-  computes validation metrics from the confusion matrix summed over all processes.
+  computes validation metrics over all processes' shards.
+
+Scoring lives in :mod:`segcourse.evaluate` -- ``evaluate`` (semantic), ``evaluate_instances``
+(mask AP), ``evaluate_panoptic`` (mask AP and PQ) -- with ``make_loader``, which turns data into
+batches for both; checkpoints in :mod:`segcourse.checkpoints`. This module re-exports
+``evaluate``, ``predict``, ``make_loader`` and the checkpoint functions, so one import serves a
+chapter.
 """
 
 from __future__ import annotations
@@ -33,29 +47,31 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.distributed as dist
-import torch.nn.functional as F
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+from torch.utils.data import DistributedSampler
 from tqdm.std import tqdm
 
-from .metrics import SegmentationMetric
+from .checkpoints import load_checkpoint, save_checkpoint
+from .evaluate import _default_loss, evaluate, is_distributed, make_loader, predict, to_device
 
 __all__ = ["fit", "evaluate", "predict", "History", "get_device", "seed_everything",
-           "save_checkpoint", "load_checkpoint", "make_loader", "setup_distributed",
-           "is_distributed"]
+           "save_checkpoint", "load_checkpoint", "make_loader", "to_device", "lr_factor",
+           "setup_distributed", "is_distributed"]
+
+SCHEDULERS = ("cosine", "warmup_cosine", None)
 
 
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
+# --- device, processes, seeds ---------------------------------------------------------------------
 
 def get_device() -> torch.device:
     """``cuda`` if a GPU is visible (this process's GPU under torchrun), else ``cpu``."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if is_distributed() else torch.cuda.current_device())
+    if is_distributed():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def setup_distributed(backend: str | None = None) -> tuple[int, int]:
@@ -83,9 +99,15 @@ def seed_everything(seed: int = 0) -> None:
 
 
 class History(dict):
-    """Per-epoch lists: ``history["train_loss"]`` or ``history.train_loss``."""
+    """Per-epoch lists: ``history["train_loss"]`` or ``history.train_loss``.
 
-    KEYS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr", "seconds")
+    Besides :attr:`KEYS`, a model that returns several losses gets one list per loss name
+    (``history["loss_rpn_box"]``), an evaluator one per score (``history["val_pq"]``), and
+    ``history["log"]`` holds a row every ``log_every`` steps (see :func:`fit`).
+    """
+
+    KEYS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr", "seconds",
+            "log")
 
     def __init__(self, *args, **kwargs):
         super().__init__({key: [] for key in self.KEYS})
@@ -98,64 +120,129 @@ class History(dict):
             raise AttributeError(name) from None
 
     def last(self, key: str):
-        return self[key][-1] if self[key] else None
+        return self[key][-1] if self.get(key) else None
 
 
-def make_loader(data, batch_size: int, shuffle: bool, seed: int = 0, **kwargs) -> DataLoader:
-    """A ``DataLoader`` from a DataLoader (returned as is), a Dataset, or ``(images, masks)``."""
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        data = TensorDataset(*data)
-    elif getattr(data, "transform", "absent") is None and hasattr(data, "tensors"):
-        # An untransformed ShapesDataset: render once, then batch from memory (much faster).
-        data = TensorDataset(*data.tensors())
-    if not isinstance(data, Dataset):
-        raise ValueError("data must be a Dataset of (image, mask), a DataLoader, or a tuple "
-                         f"(images, masks) of tensors; got {type(data).__name__}")
-    if is_distributed():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if shuffle:  # training: every process gets a different, equally long shard per epoch
-            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True,
-                                         seed=seed, drop_last=True)
-            return DataLoader(data, batch_size=batch_size, sampler=sampler, **kwargs)
-        # evaluation: disjoint shards, no padding duplicates; the results are summed later
-        data = Subset(data, range(rank, len(data), world))
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, **kwargs)
+def _batch_size(batch) -> int:
+    """Number of samples in a batch: the length of its first element (images, usually)."""
+    first = batch[0] if isinstance(batch, (list, tuple)) else \
+        next(iter(batch.values())) if isinstance(batch, dict) else batch
+    return len(first)
 
 
-def _default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, target, ignore_index=255)
+# --- schedule and losses --------------------------------------------------------------------------
+
+def lr_factor(step: int, total_steps: int, scheduler: str | None, warmup_steps: int = 0) -> float:
+    """The learning-rate multiplier at ``step`` (0-based) of ``total_steps``.
+
+    ``"cosine"``: 0.5 (1 + cos(pi step / total)), from 1 down towards 0 (SGDR without restarts,
+    Loshchilov & Hutter 2017). ``"warmup_cosine"``: (step + 1) / warmup for the first
+    ``warmup_steps`` steps, then the same cosine over the remaining steps (Goyal et al. 2017's
+    warm-up; Detectron2 warms up linearly too, from a factor of 0.001). ``None``: 1.
+    """
+    if scheduler is None:
+        return 1.0
+    if scheduler == "warmup_cosine" and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    start = warmup_steps if scheduler == "warmup_cosine" else 0
+    return 0.5 * (1 + math.cos(math.pi * (step - start) / max(total_steps - start, 1)))
 
 
-def fit(model: nn.Module, train_data, val_data=None, *, epochs: int = 5, lr: float = 1e-3,
-        weight_decay: float = 1e-4, batch_size: int = 16,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+def _losses(net, model, batch, step, loss_fn, autocast) -> dict[str, torch.Tensor]:
+    """The named losses of one batch, by one of the three contracts of :func:`fit`."""
+    if step is not None:
+        with autocast():
+            out, source = step(net, batch), "step"
+    elif getattr(model, "returns_losses", False):
+        images, targets = batch
+        with autocast():
+            out, source = net(images, targets), "model(images, targets)"
+    else:
+        images, target = batch
+        with autocast():
+            logits = net(images)
+        out, source = {"loss": loss_fn(logits.float(), target)}, "loss_fn"
+    if isinstance(out, torch.Tensor):
+        out = {"loss": out}
+    if (not isinstance(out, dict) or not out
+            or not all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in out.values())):
+        raise ValueError(f"{source} must return a scalar loss tensor or a non-empty dict of "
+                         f"them, got {type(out).__name__}")
+    clash = set(out) & set(History.KEYS) | ({"loss"} & set(out) if len(out) > 1 else set())
+    if clash:  # "loss" alone is the semantic case; beside other names it would mean the total
+        raise ValueError(f"loss names must differ from History keys and from 'loss' when there "
+                         f"are several, got {sorted(clash)} in {source}'s dict")
+    return out
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
+        max_steps: int | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
+        batch_size: int = 16, loss_fn: Callable | None = None, step: Callable | None = None,
         optimizer: torch.optim.Optimizer | None = None, scheduler: str | None = "cosine",
+        warmup_steps: int = 0, grad_clip: float | None = None,
         device: str | torch.device | None = None, amp: bool | None = None,
         progress: bool = True, seed: int = 0, checkpoint: str | Path | None = None,
-        num_classes: int | None = None, ignore_index: int = 255,
-        grad_clip: float | None = None) -> History:
+        evaluator: Callable | None = None, num_classes: int | None = None,
+        ignore_index: int = 255, log_every: int | None = None) -> History:
     """Train ``model`` and return its :class:`History`.
 
+    Where the losses come from -- three cases:
+
+    1. **Semantic models** (the default): ``model(images)`` gives logits ``[B, K, H, W]`` and the
+       loss is ``loss_fn(logits, masks)`` (cross-entropy ignoring 255 unless given).
+    2. **Models that return their losses**, marked by the class attribute
+       ``returns_losses = True`` (Mask R-CNN, Panoptic FPN): in training mode
+       ``model(images, targets)`` returns a dict of named scalar losses, e.g.
+       ``{"loss_rpn_box": ..., "loss_mask": ...}``.
+    3. **A step function** ``step(model, batch) -> dict[str, Tensor]`` (or one tensor) for
+       trainers with their own logic (click simulation, several forward passes). It gets the
+       batch already on the device and the module to call -- under torchrun the
+       ``DistributedDataParallel`` wrapper (the model itself is its ``.module``).
+
+    The losses are summed into the one that is back-propagated; each is also averaged per epoch
+    into ``history[name]`` (when there is more than the single ``"loss"``). A non-finite loss
+    stops training with ``FloatingPointError``, as Detectron2 does.
+
     Args:
-        model: maps images ``[B, C, H, W]`` to logits ``[B, K, H, W]``.
-        train_data, val_data: a Dataset of ``(image, mask)``, a DataLoader, or a tuple
-            ``(images, masks)``. ``val_data`` is evaluated after every epoch (mIoU, loss).
-        epochs, lr, weight_decay, batch_size: the schedule (AdamW unless ``optimizer`` is given).
-        loss_fn: ``loss_fn(logits, target) -> scalar``; cross-entropy ignoring 255 by default.
-        scheduler: ``"cosine"`` (per-step cosine decay to 0) or ``None`` (constant lr).
+        train_data, val_data: a Dataset of ``(image, target)`` -- target a label map, or a dict
+            for detection (the dataset's ``collate_fn`` makes the batches) -- a DataLoader, or a
+            tuple ``(images, masks)``. ``val_data`` is evaluated after every epoch.
+        epochs, max_steps: train for ``epochs`` passes over the data, or ``max_steps`` optimizer
+            steps (the data is cycled as needed), whichever ends first; ``epochs=None``: steps
+            only.
+        lr, weight_decay, batch_size: AdamW's, unless ``optimizer`` is given.
+        scheduler: per-step ``"cosine"`` (decay to 0), ``"warmup_cosine"`` (linear warm-up for
+            ``warmup_steps``, then cosine to 0) or ``None`` (constant); see :func:`lr_factor`.
+        grad_clip: clip the global gradient norm to this value (None: no clipping).
         device: defaults to :func:`get_device`. amp: mixed precision, default on for CUDA only.
         progress: show a tqdm bar. seed: seeds the data order (and torch's global RNG).
         checkpoint: if given, save model + optimizer + history there at the end of training.
-        num_classes: for validation metrics; inferred from the logits when omitted.
-        grad_clip: clip the global gradient norm to this value (None: no clipping).
+        evaluator: ``evaluator(model, val_data) -> dict``; its numbers go to ``history["val_" +
+            name]``. Default :func:`evaluate` (mIoU, pixel accuracy, loss) for semantic models;
+            models that return losses need one, e.g. ``segcourse.evaluate.evaluate_panoptic``.
+        num_classes, ignore_index: for the default evaluator (K inferred from the logits).
+        log_every: also record a row ``{"step", "epoch", "lr", "loss", <each loss>, "seconds"}``
+            in ``history["log"]`` after the first step, every ``log_every`` steps and the last;
+            losses there are means over the steps since the previous row.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if scheduler not in ("cosine", None):
-        raise ValueError(f"scheduler must be 'cosine' or None, got {scheduler!r}")
+    if epochs is None and max_steps is None:
+        raise ValueError("give epochs or max_steps (or both)")
+    for name, value in (("epochs", epochs), ("max_steps", max_steps), ("log_every", log_every)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if scheduler != "warmup_cosine" and warmup_steps != 0:
+        raise ValueError(f"warmup_steps={warmup_steps} needs scheduler='warmup_cosine'")
+    returns_losses = bool(getattr(model, "returns_losses", False))
+    if loss_fn is not None and (step is not None or returns_losses):
+        raise ValueError("loss_fn is for models that return logits; with step= or a model "
+                         "that returns its losses, compute the loss there")
+    if val_data is not None and evaluator is None and returns_losses:
+        raise ValueError(f"{type(model).__name__} returns losses, not logits: pass an evaluator "
+                         "for val_data (e.g. segcourse.evaluate.evaluate_panoptic)")
     device = torch.device(device) if device is not None else get_device()
     use_amp = device.type == "cuda" if amp is None else bool(amp)
     if use_amp and device.type != "cuda":
@@ -163,35 +250,54 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int = 5, lr: flo
     torch.manual_seed(seed)
     loss_fn = loss_fn or _default_loss
     loader = make_loader(train_data, batch_size, shuffle=True, seed=seed)
+    if len(loader) == 0:
+        raise ValueError("train_data gives no batch (empty, or fewer items than processes)")
+    total_steps = min(epochs * len(loader) if epochs else max_steps, max_steps or math.inf)
+    if scheduler == "warmup_cosine" and not 1 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be in 1..{total_steps - 1} (the training steps - "
+                         f"1), got {warmup_steps}")
     model.to(device)
     net = model  # what the forward pass runs: the model itself, or its DDP wrapper
     if is_distributed():
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
         progress = progress and dist.get_rank() == 0
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    total_steps = epochs * len(loader)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp)
+
     history = History()
-    bar = tqdm(total=total_steps, desc="training", unit="batch", file=sys.stdout,
-               disable=not progress, mininterval=0.5, dynamic_ncols=False, ncols=110)
-    step = 0
-    for epoch in range(1, epochs + 1):
+    # 80 columns, the book's width (tqdm trims the line to ncols); no rate, the clock says it
+    bar = tqdm(total=total_steps, desc="training", file=sys.stdout, disable=not progress,
+               mininterval=0.5, dynamic_ncols=False, ncols=80,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                          "[{elapsed}<{remaining}{postfix}]")
+    num_epochs, done, began = math.ceil(total_steps / len(loader)), 0, time.perf_counter()
+    window: dict[str, float] = {}  # loss sums since the last log row, and their sample count
+    val_text = ""
+    for epoch in range(1, num_epochs + 1):
         model.train()
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        start, running, count = time.perf_counter(), 0.0, 0
-        for images, target in loader:
-            if scheduler == "cosine":
-                factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * factor
-            images = images.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = net(images)
-            loss = loss_fn(logits.float(), target)
+        start, sums = time.perf_counter(), {}
+        for batch in loader:
+            if done == total_steps:
+                break
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * lr_factor(done, total_steps, scheduler, warmup_steps)
+            batch = to_device(batch, device)
+            losses = _losses(net, model, batch, step, loss_fn, autocast)
+            loss = sum(v.float() for v in losses.values())
+            # one transfer for every logged number (a GPU sync per step, as any loss print)
+            values = torch.stack([loss.detach(), *(v.detach().float().reshape(())
+                                                   for v in losses.values())]).tolist()
+            if not math.isfinite(values[0]):
+                raise FloatingPointError(f"loss is {values[0]} at step {done}: " + ", ".join(
+                    f"{k} {v:.4g}" for k, v in zip(losses, values[1:])))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if grad_clip is not None:
@@ -199,33 +305,59 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int = 5, lr: flo
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            running += float(loss.detach()) * images.shape[0]
-            count += images.shape[0]
-            step += 1
-            bar.set_postfix_str(f"epoch {epoch}/{epochs} loss {running / count:.4f}"
-                                + (f" val mIoU {history.last('val_miou'):.3f}"
-                                   if history.last("val_miou") is not None else ""), refresh=False)
+            done += 1
+            n = _batch_size(batch)
+            named = dict(zip(losses, values[1:])) if list(losses) != ["loss"] else {}
+            for totals in (sums, window):
+                for key, value in {"train_loss": values[0], **named}.items():
+                    totals[key] = totals.get(key, 0.0) + value * n
+                    totals["#" + key] = totals.get("#" + key, 0) + n
+            if log_every and (done == 1 or done % log_every == 0 or done == total_steps):
+                history["log"].append({
+                    "step": done, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                    **_means(window, rename={"train_loss": "loss"}),
+                    "seconds": round(time.perf_counter() - began, 1)})
+                window = {}
+            bar.set_postfix_str(f"epoch {epoch}/{num_epochs} loss "
+                                f"{sums['train_loss'] / sums['#train_loss']:.4f}{val_text}",
+                                refresh=False)
             bar.update()
         if is_distributed():
             _average_buffers(model)
         history["epoch"].append(epoch)
-        history["train_loss"].append(running / max(count, 1))
+        for key, value in _means(sums).items():
+            history.setdefault(key, []).append(value)
         history["lr"].append(optimizer.param_groups[0]["lr"])
         if val_data is not None:
-            scores = evaluate(model, val_data, num_classes, device=device, batch_size=max(batch_size, 32),
-                              ignore_index=ignore_index, loss_fn=loss_fn, amp=use_amp)
-            history["val_loss"].append(scores["loss"])
-            history["val_miou"].append(scores["miou"])
-            history["val_pixel_accuracy"].append(scores["pixel_accuracy"])
-            bar.set_postfix_str(f"epoch {epoch}/{epochs} loss {history.last('train_loss'):.4f} "
-                                f"val mIoU {scores['miou']:.3f}", refresh=True)
+            if evaluator is None:
+                scores = evaluate(model, val_data, num_classes, device=device,
+                                  batch_size=max(batch_size, 32), ignore_index=ignore_index,
+                                  loss_fn=loss_fn, amp=use_amp)
+            else:
+                scores = evaluator(model, val_data)
+            numbers = {k: float(v) for k, v in scores.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for key, value in numbers.items():
+                history.setdefault("val_" + key, []).append(value)
+            shown = "miou" if "miou" in numbers else next(iter(numbers), None)
+            val_text = f" val {'mIoU' if shown == 'miou' else shown} {numbers[shown]:.3f}" \
+                if shown else ""
+            bar.set_postfix_str(f"epoch {epoch}/{num_epochs} loss "
+                                f"{history.last('train_loss'):.4f}{val_text}", refresh=True)
         history["seconds"].append(time.perf_counter() - start)
     bar.close()
     if checkpoint is not None and (not is_distributed() or dist.get_rank() == 0):
-        save_checkpoint(checkpoint, model, optimizer, epoch=epochs, history=dict(history))
+        save_checkpoint(checkpoint, model, optimizer, epoch=history["epoch"][-1], step=done,
+                        history=dict(history))
     if is_distributed():
         dist.barrier()
     return history
+
+
+def _means(sums: dict, rename: dict | None = None) -> dict[str, float]:
+    """``{name: sum / count}`` from the running ``sums[name]`` and ``sums["#" + name]``."""
+    rename = rename or {}
+    return {rename.get(k, k): v / sums["#" + k] for k, v in sums.items() if not k.startswith("#")}
 
 
 @torch.no_grad()
@@ -241,97 +373,3 @@ def _average_buffers(model: nn.Module) -> None:
         if buffer.is_floating_point():
             dist.all_reduce(buffer)
             buffer /= world
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
-             device: str | torch.device | None = None, batch_size: int = 32,
-             ignore_index: int = 255, loss_fn=None, amp: bool | None = None) -> dict:
-    """Metrics of ``model`` on ``data`` from one confusion matrix over the whole set.
-
-    Returns ``{"miou", "pixel_accuracy", "mean_accuracy", "iou" (tensor[K], NaN = absent),
-    "confusion_matrix", "loss"}``. The model's train/eval mode is restored afterwards.
-    """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    use_amp = device.type == "cuda" if amp is None else bool(amp)
-    loss_fn = loss_fn or _default_loss
-    was_training = model.training
-    model.eval()
-    metric, total_loss, count = None, 0.0, 0
-    try:
-        for images, target in make_loader(data, batch_size, shuffle=False):
-            images, target = images.to(device), target.to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
-            logits = logits.float()
-            if metric is None:
-                metric = SegmentationMetric(num_classes or logits.shape[1], ignore_index)
-            metric.update(logits.argmax(1), target)
-            loss = loss_fn(logits, target)
-            total_loss += float(loss) * images.shape[0]
-            count += images.shape[0]
-    finally:
-        model.train(was_training)
-    if is_distributed():  # sum the matrices and losses of every process's shard
-        # K from a process that saw data: a shard can be empty (fewer images than processes).
-        # Every process takes part in this reduction, so the collectives stay in step.
-        k = torch.tensor([metric.num_classes if metric is not None else num_classes or 0],
-                         device=device)
-        dist.all_reduce(k, op=dist.ReduceOp.MAX)
-        if int(k) == 0:
-            raise ValueError("evaluate() got an empty dataset")
-        if metric is None:
-            metric = SegmentationMetric(int(k), ignore_index)
-        cm = metric.cm.to(device)
-        totals = torch.tensor([total_loss, count], dtype=torch.float64, device=device)
-        dist.all_reduce(cm)
-        dist.all_reduce(totals)
-        metric.cm = cm.cpu()
-        total_loss, count = float(totals[0]), int(totals[1])
-    if metric is None or count == 0:
-        raise ValueError("evaluate() got an empty dataset")
-    scores = metric.compute()
-    scores["loss"] = total_loss / count
-    return scores
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 32,
-            device: str | torch.device | None = None, return_probs: bool = False) -> torch.Tensor:
-    """Predicted labels ``[N, H, W]`` (or softmax probabilities ``[N, K, H, W]``), on the CPU."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs = []
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            logits = model(images[start:start + batch_size].to(device)).float()
-            outputs.append((logits.softmax(1) if return_probs else logits.argmax(1)).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(outputs)
-
-
-def save_checkpoint(path: str | Path, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None, **extra) -> Path:
-    """Save ``{"model", "optimizer", **extra}`` (extra: plain numbers, strings, lists, dicts)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(),
-             "optimizer": optimizer.state_dict() if optimizer is not None else None, **extra}
-    torch.save(state, path)
-    return path
-
-
-def load_checkpoint(path: str | Path, model: nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if model is not None:
-        model.load_state_dict(state["model"])
-    if optimizer is not None:
-        if state.get("optimizer") is None:
-            raise ValueError(f"{path} holds no optimizer state")
-        optimizer.load_state_dict(state["optimizer"])
-    return state

@@ -1,0 +1,233 @@
+"""Running a model over a data set: the batches ``fit`` trains on, and every evaluator.
+
+    evaluate(unet, val_set)                  # semantic: {"miou", "pixel_accuracy", "iou", ...}
+    evaluate_panoptic(model, InstanceTargets(ShapesDataset(200, seed=1)))   # mask AP and PQ
+    fit(model, train, val, max_steps=1000, evaluator=evaluate_panoptic)    # after every epoch
+
+:func:`make_loader` turns what the course passes around -- a Dataset of ``(image, target)``, a
+DataLoader, or a tuple of tensors -- into batches, one shard per process under torchrun;
+:func:`segcourse.train.fit` uses it too. The model runs in eval mode (its mode is restored
+afterwards); under torchrun every process scores its shard and the results are combined, so
+every process returns the same scores.
+
+The detection evaluators take a Dataset of ``(image, target dict)`` whose ``collate_fn`` gives
+``(images, list of target dicts)`` (``segcourse.data.InstanceTargets``), or such a DataLoader.
+Targets are in the model's label space (objects 1..K-1, see ``MaskRCNN``); Panoptic FPN's also
+hold ``semantic``, the ``[H, W]`` class map. They run in float32 and keep per image only what
+the metrics need (boolean masks, scores, labels, the panoptic map), on the CPU;
+``return_predictions=True`` keeps every output, for plotting.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+
+from .data import panoptic_target
+from .metrics import SegmentationMetric, mask_average_precision, panoptic_quality
+
+__all__ = ["make_loader", "to_device", "is_distributed", "evaluate", "predict",
+           "evaluate_instances", "evaluate_panoptic"]
+
+
+# --- batches --------------------------------------------------------------------------------------
+
+def is_distributed() -> bool:
+    """Whether this process is one of several (under torchrun, after ``setup_distributed``)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def make_loader(data, batch_size: int, shuffle: bool, seed: int = 0, **kwargs) -> DataLoader:
+    """A ``DataLoader`` from a DataLoader (returned as is), a Dataset, or ``(images, masks)``.
+
+    A dataset with a ``collate_fn`` attribute batches with it: detection datasets, whose items
+    are ``(image, target dict)``, give ``(images, list of target dicts)`` that way. Under
+    torchrun, each process gets its own shard.
+    """
+    if isinstance(data, DataLoader):
+        return data
+    if (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(t, torch.Tensor) for t in data)):
+        data = TensorDataset(*data)
+    elif getattr(data, "transform", "absent") is None and hasattr(data, "tensors"):
+        # An untransformed ShapesDataset: render once, then batch from memory (much faster).
+        data = TensorDataset(*data.tensors())
+    if not isinstance(data, Dataset):
+        raise ValueError("data must be a Dataset of (image, target), a DataLoader, or a tuple "
+                         f"(images, masks) of tensors; got {type(data).__name__}")
+    if getattr(data, "collate_fn", None) is not None:
+        kwargs.setdefault("collate_fn", data.collate_fn)
+    if is_distributed():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if shuffle:  # training: every process gets a different, equally long shard per epoch
+            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True,
+                                         seed=seed, drop_last=True)
+            return DataLoader(data, batch_size=batch_size, sampler=sampler, **kwargs)
+        # evaluation: disjoint shards (item i on process i % world), no padding duplicates;
+        # the evaluators combine the shards' results
+        data = Subset(data, range(rank, len(data), world))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, **kwargs)
+
+
+def to_device(batch, device: torch.device):
+    """``batch`` with every tensor moved to ``device``, inside tuples, lists and dicts too."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target, ignore_index=255)
+
+
+# --- semantic models ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
+             device: str | torch.device | None = None, batch_size: int = 32,
+             ignore_index: int = 255, loss_fn=None, amp: bool | None = None) -> dict:
+    """Metrics of a semantic ``model`` on ``data`` from one confusion matrix over the whole set.
+
+    Returns ``{"miou", "pixel_accuracy", "mean_accuracy", "iou" (tensor[K], NaN = absent),
+    "confusion_matrix", "loss"}``. The model's train/eval mode is restored afterwards. Under
+    torchrun every process scores its shard and the matrices are summed.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    use_amp = device.type == "cuda" if amp is None else bool(amp)
+    loss_fn = loss_fn or _default_loss
+    was_training = model.training
+    model.eval()
+    metric, total_loss, count = None, 0.0, 0
+    try:
+        for images, target in make_loader(data, batch_size, shuffle=False):
+            images, target = images.to(device), target.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(images)
+            logits = logits.float()
+            if metric is None:
+                metric = SegmentationMetric(num_classes or logits.shape[1], ignore_index)
+            metric.update(logits.argmax(1), target)
+            loss = loss_fn(logits, target)
+            total_loss += float(loss) * images.shape[0]
+            count += images.shape[0]
+    finally:
+        model.train(was_training)
+    if is_distributed():  # sum the matrices and losses of every process's shard
+        # K from a process that saw data: a shard can be empty (fewer images than processes).
+        # Every process takes part in this reduction, so the collectives stay in step.
+        k = torch.tensor([metric.num_classes if metric is not None else num_classes or 0],
+                         device=device)
+        dist.all_reduce(k, op=dist.ReduceOp.MAX)
+        if int(k) == 0:
+            raise ValueError("evaluate() got an empty dataset")
+        if metric is None:
+            metric = SegmentationMetric(int(k), ignore_index)
+        cm = metric.cm.to(device)
+        totals = torch.tensor([total_loss, count], dtype=torch.float64, device=device)
+        dist.all_reduce(cm)
+        dist.all_reduce(totals)
+        metric.cm = cm.cpu()
+        total_loss, count = float(totals[0]), int(totals[1])
+    if metric is None or count == 0:
+        raise ValueError("evaluate() got an empty dataset")
+    scores = metric.compute()
+    scores["loss"] = total_loss / count
+    return scores
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 32,
+            device: str | torch.device | None = None, return_probs: bool = False) -> torch.Tensor:
+    """Predicted labels ``[N, H, W]`` (or softmax probabilities ``[N, K, H, W]``), on the CPU."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            logits = model(images[start:start + batch_size].to(device)).float()
+            outputs.append((logits.softmax(1) if return_probs else logits.argmax(1)).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs)
+
+
+# --- detection models -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def _predict_all(model: nn.Module, data, batch_size: int, device, fields, target_fields,
+                 target_extra=None) -> tuple[list[dict], list[dict]]:
+    """Per image, the model's outputs ``fields`` and the targets' ``target_fields`` (plus
+    ``target_extra(target)``), on the CPU, in dataset order, over every process's shard."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    predictions, targets = [], []
+    try:
+        for images, batch_targets in make_loader(data, batch_size, shuffle=False):
+            for out, t in zip(model(to_device(images, device)), batch_targets):
+                predictions.append({k: v.cpu() for k, v in out.items()
+                                    if fields is None or k in fields})
+                kept = {k: t[k].cpu() for k in target_fields}
+                targets.append(kept | (target_extra(t) if target_extra else {}))
+    finally:
+        model.train(was_training)
+    if is_distributed() and not isinstance(data, DataLoader):  # make_loader gave this a shard
+        world = dist.get_world_size()
+        shards = [None] * world
+        dist.all_gather_object(shards, (predictions, targets))
+        # make_loader puts item i on process i % world, at position i // world
+        total = sum(len(p) for p, _ in shards)
+        predictions = [shards[i % world][0][i // world] for i in range(total)]
+        targets = [shards[i % world][1][i // world] for i in range(total)]
+    if not predictions:
+        raise ValueError("the evaluation data set is empty")
+    return predictions, targets
+
+
+def evaluate_instances(model: nn.Module, data, *, batch_size: int = 16, device=None,
+                       return_predictions: bool = False) -> dict:
+    """Mask AP@0.5 of a Mask R-CNN (or of any model with its outputs) on ``data``.
+
+    Returns ``{"mask_ap50", "mask_ap50_per_class": {label: ap}}`` and, if asked,
+    ``"predictions"``: per image the model's output dict, on the CPU.
+    """
+    fields = None if return_predictions else ("masks", "scores", "labels")
+    predictions, targets = _predict_all(model, data, batch_size, device, fields,
+                                        ("masks", "labels"))
+    ap = mask_average_precision(predictions, targets, iou_threshold=0.5)
+    scores = {"mask_ap50": ap["ap"], "mask_ap50_per_class": ap["per_class"]}
+    return scores | ({"predictions": predictions} if return_predictions else {})
+
+
+def evaluate_panoptic(model: nn.Module, data, *, batch_size: int = 16, device=None,
+                      return_predictions: bool = False) -> dict:
+    """Mask AP@0.5 of the instance branch and PQ of the fused output of a Panoptic FPN.
+
+    The ground-truth panoptic map of a target is (``semantic`` class, object index + 1) per
+    pixel (``segcourse.data.panoptic_target``); PQ is over the model's ``thing_classes`` and
+    ``stuff_classes``.
+
+    Returns ``{"mask_ap50", "pq", "sq", "rq", "pq_things", "pq_stuff"}`` and, if asked,
+    ``"predictions"``: per image the model's output dict, on the CPU.
+    """
+    # int32 maps: ids are small, and a data set of them is then half the size
+    fields = None if return_predictions else ("masks", "scores", "labels", "panoptic")
+    predictions, targets = _predict_all(
+        model, data, batch_size, device, fields, ("masks", "labels"),
+        lambda t: {"panoptic": panoptic_target(t).to(torch.int32).cpu()})
+    ap = mask_average_precision(predictions, targets, iou_threshold=0.5)
+    pq = panoptic_quality(torch.stack([p["panoptic"].to(torch.int32) for p in predictions]),
+                          torch.stack([t["panoptic"] for t in targets]),
+                          model.thing_classes, model.stuff_classes)
+    scores = {"mask_ap50": ap["ap"], "pq": pq["pq"], "sq": pq["sq"], "rq": pq["rq"],
+              "pq_things": pq["things"]["pq"], "pq_stuff": pq["stuff"]["pq"]}
+    return scores | ({"predictions": predictions} if return_predictions else {})

@@ -1,15 +1,33 @@
 """RoIAlign (He et al., "Mask R-CNN", ICCV 2017, Sec. 3), with ``torchvision.ops.roi_align``'s
-exact sampling and border semantics.
+exact sampling and border semantics (``csrc/ops/cpu/roi_align_kernel.cpp``).
+
+torchvision loops over output values in C++. Here every output value is a weighted sum of at
+most 4 x gh x gw input pixels (gh x gw samples per bin, 4 bilinear neighbours each), and one
+``F.embedding_bag`` call computes many such sums from their lists of (pixel, weight) pairs.
+The lists must be bounded: with adaptive sampling (``sampling_ratio <= 0``) a bin averages
+about one sample per pixel, and Mask R-CNN's mask targets are RoIAligns of full-image masks
+(800 x 1333) to 28 x 28 -- a RoI that covers the image needs 4.4 M pairs, 128 of them 0.56 G
+(6.7 GB of int64 indices and float weights). So the work goes in chunks of at most
+``_MAX_PAIRS`` pairs, the unit being one output row (a RoI's bin row); rows of equal or similar
+grids share a chunk, which is padded only to its own largest grid. Under autograd a chunk's
+pairs are recomputed in the backward pass instead of kept (``torch.utils.checkpoint``), so the
+backward is bounded too. When all fits in one chunk -- a fixed ``sampling_ratio`` at the box and
+mask heads' sizes -- it is a single call.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .._checks import check_images
 
 __all__ = ["roi_align", "as_rois"]
+
+_MAX_PAIRS = 2 ** 21  # (pixel, weight) pairs built at once: 16 MB of int64 pixel indices
 
 
 def as_rois(boxes, like: torch.Tensor) -> torch.Tensor:
@@ -33,6 +51,69 @@ def _pair(size) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def _axis(bin_start, bin_size, grid, G, size):
+    """Along one axis, for U bin rows (or columns) of P bins each: the two neighbouring pixels
+    ``[U, P, G, 2]`` of every sample and their linear-interpolation weights (zero if unused).
+
+    ``bin_start [U, P]`` is where each bin begins, ``bin_size`` and ``grid`` (samples per bin,
+    at most ``G``) are ``[U]``."""
+    g = torch.arange(G, device=bin_start.device, dtype=bin_start.dtype)
+    n = grid.clamp(min=1).to(bin_start.dtype)[:, None, None]
+    c = bin_start[:, :, None] + (g + 0.5) * bin_size[:, None, None] / n
+    used = (g < grid[:, None, None]) & (c >= -1.0) & (c <= size)  # beyond 1 px outside: zero
+    c = c.clamp(0, size - 1)
+    low = c.floor().long()
+    high = (low + 1).clamp(max=size - 1)
+    frac = c - low
+    return torch.stack([low, high], -1), torch.stack([1 - frac, frac], -1) * used[..., None]
+
+
+def _pool_rows(H, W, table, b, y_start, bin_h, grid_h, x_start, bin_w, grid_w):
+    """Pooled values ``[U, PW, C]`` of U output rows: row u is the bin row that begins at
+    ``y_start[u]`` in image ``b[u]``, its PW bins begin at ``x_start[u] [PW]``."""
+    U, PW = x_start.shape
+    GH, GW = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
+    iy, wy = _axis(y_start[:, None], bin_h, grid_h, GH, H)  # [U, 1, GH, 2]
+    ix, wx = _axis(x_start, bin_w, grid_w, GW, W)           # [U, PW, GW, 2]
+    # Every output value is a weighted sum of at most 4 * GH * GW input pixels: the 4 bilinear
+    # neighbours of each sample, weight (y-weight * x-weight) / samples per bin. Lay the pixels of
+    # output (u, pw) out as one "bag" of flat indices (image, y, x) with their weights:
+    # [U, 1, GH, 2, 1, 1] and [U, PW, 1, 1, GW, 2] broadcast to [U, PW, GH, 2, GW, 2].
+    b = b[:, None, None, None, None, None]
+    iy, wy = iy[:, :, :, :, None, None], wy[:, :, :, :, None, None]
+    ix, wx = ix[:, :, None, None, :, :], wx[:, :, None, None, :, :]
+    count = (grid_h * grid_w).clamp(min=1).to(wy.dtype)[:, None, None, None, None, None]
+    index = ((b * H + iy) * W + ix).reshape(U * PW, -1)
+    weight = (wy * wx / count).reshape(U * PW, -1)
+    # embedding_bag sums weighted rows of a table -- here the feature map with one row per pixel
+    # -- without materialising the [bags, samples, C] gathered values, forward or backward.
+    return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum").reshape(U, PW, -1)
+
+
+def _chunks(grid_h, grid_w, PW, budget, slack=1.25):
+    """Output rows in chunks of at most ``budget`` (pixel, weight) pairs, or None if all rows
+    fit in one. A chunk pads its rows to its largest grid, so rows are sorted by grid (height,
+    then width) and a chunk also ends where padding would exceed ``slack`` x the pairs its rows
+    need. A row larger than the budget is a chunk of its own."""
+    gh, gw = grid_h.clamp(min=1), grid_w.clamp(min=1)  # an empty grid: one zero-weight sample
+    if len(gh) * 4 * PW * int(gh.max()) * int(gw.max()) <= budget:
+        return None
+    order = (gh * (int(gw.max()) + 1) + gw).argsort(stable=True)  # by gh, then gw
+    gh, gw = gh[order], gw[order]
+    need = 4 * PW * gh * gw  # pairs of each row, unpadded
+    chunks, start = [], 0
+    while start < len(order):
+        # rows start..j padded to their largest grid (cost non-decreasing in j); keep the prefix
+        # that fits both the budget and the slack
+        rows = torch.arange(1, len(order) - start + 1, device=order.device)
+        padded = rows * 4 * PW * gh[start:].cummax(0).values * gw[start:].cummax(0).values
+        fits = (padded <= budget) & (padded <= slack * need[start:].cumsum(0))
+        stop = start + max(int(fits.cumprod(0).sum()), 1)
+        chunks.append(order[start:stop])
+        start = stop
+    return chunks
+
+
 def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
               sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
     """RoIAlign (Mask R-CNN, Sec. 3) with ``torchvision.ops.roi_align``'s exact semantics.
@@ -44,7 +125,9 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
     integer + 0.5 in box space (Detectron2's correction); with ``aligned=False`` the legacy RoI is
     at least 1 x 1. A sample with y < -1 or y > H (same for x) is zero; otherwise it is clamped
     to [0, H-1] before interpolation. Vectorised over RoIs, differentiable in ``input``: the
-    output is linear in the input, a weighted sum of input pixels per output value.
+    output is linear in the input, a weighted sum of input pixels per output value. Besides
+    the output and a channels-last copy of the input, memory is bounded by ``_MAX_PAIRS``
+    (see the module docstring), forward and backward.
 
     Args:
         input: features ``[N, C, H, W]``.
@@ -76,36 +159,22 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
     else:  # adaptive: about one sample per input pixel; 0 (an empty RoI) gives a zero output
         grid_h = torch.ceil(roi_h / PH).long().clamp(min=0)
         grid_w = torch.ceil(roi_w / PW).long().clamp(min=0)
-    GH, GW = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
 
-    def axis(start, bin_size, grid, P, G, size):
-        """Along one axis: for each RoI, bin and sample ``[K, P, G]``, the two neighbouring
-        pixels ``[K, P, G, 2]`` and their linear-interpolation weights (zero if unused)."""
-        p = torch.arange(P, device=input.device, dtype=input.dtype)[None, :, None]
-        g = torch.arange(G, device=input.device, dtype=input.dtype)[None, None, :]
-        n = grid.clamp(min=1).to(input.dtype)[:, None, None]
-        c = start[:, None, None] + p * bin_size[:, None, None] + (g + 0.5) * bin_size[:, None, None] / n
-        used = (g < grid[:, None, None]) & (c >= -1.0) & (c <= size)  # beyond 1 px outside: zero
-        c = c.clamp(0, size - 1)
-        low = c.floor().long()
-        high = (low + 1).clamp(max=size - 1)
-        frac = c - low
-        return torch.stack([low, high], -1), torch.stack([1 - frac, frac], -1) * used[..., None]
-
-    iy, wy = axis(y1, bin_h, grid_h, PH, GH, H)  # [K, PH, GH, 2]
-    ix, wx = axis(x1, bin_w, grid_w, PW, GW, W)  # [K, PW, GW, 2]
-    # Every output value is a weighted sum of at most 4 * GH * GW input pixels: the 4 bilinear
-    # neighbours of each sample, weight (y-weight * x-weight) / samples per bin. Lay the pixels of
-    # output (k, ph, pw) out as one "bag" of flat indices (batch, y, x) with their weights:
-    # [K, PH, 1, GH, 2, 1, 1] and [K, 1, PW, 1, 1, GW, 2] broadcast to [K, PH, PW, GH, 2, GW, 2].
-    b = rois[:, 0].long()[:, None, None, None, None, None, None]
-    iy, wy = iy[:, :, None, :, :, None, None], wy[:, :, None, :, :, None, None]
-    ix, wx = ix[:, None, :, None, None, :, :], wx[:, None, :, None, None, :, :]
-    count = (grid_h * grid_w).clamp(min=1).to(input.dtype)[:, None, None, None, None, None, None]
-    index = ((b * H + iy) * W + ix).reshape(K * PH * PW, -1)
-    weight = (wy * wx / count).reshape(K * PH * PW, -1)
-    # embedding_bag sums weighted rows of a table -- here the feature map with one row per pixel
-    # -- without materialising the [bags, samples, C] gathered values, forward or backward.
+    # The unit of work is one output row (RoI k, bin row ph): PW bags of 4 * gh * gw pairs.
+    k = torch.arange(K, device=input.device).repeat_interleave(PH)       # [K * PH]
+    ph = torch.arange(PH, device=input.device, dtype=input.dtype).repeat(K)
+    pw = torch.arange(PW, device=input.device, dtype=input.dtype)
+    rows = (rois[k, 0].long(), y1[k] + ph * bin_h[k], bin_h[k], grid_h[k],
+            x1[k, None] + pw * bin_w[k, None], bin_w[k], grid_w[k])
     table = input.permute(0, 2, 3, 1).reshape(N * H * W, C)  # (N, C, H, W) -> (N*H*W, C)
-    out = F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
-    return out.reshape(K, PH, PW, C).permute(0, 3, 1, 2)     # (K*PH*PW, C) -> (K, C, PH, PW)
+    pool = functools.partial(_pool_rows, H, W)
+    chunks = _chunks(grid_h[k], grid_w[k], PW, _MAX_PAIRS)
+    if chunks is None:
+        out = pool(table, *rows)
+    else:
+        # Recompute each chunk's pairs in the backward pass rather than keep them all.
+        recompute = torch.is_grad_enabled() and (table.requires_grad or rois.requires_grad)
+        parts = [checkpoint(pool, table, *(t[c] for t in rows), use_reentrant=False)
+                 if recompute else pool(table, *(t[c] for t in rows)) for c in chunks]
+        out = torch.cat(parts)[torch.cat(chunks).argsort()]  # rows back in (k, ph) order
+    return out.reshape(K, PH, PW, C).permute(0, 3, 1, 2)    # (K*PH, PW, C) -> (K, C, PH, PW)

@@ -16,8 +16,10 @@ __all__ = ["colorize", "overlay", "to_numpy_image", "show_predictions", "legend_
            "receptive_field_map", "plot_receptive_field", "crf_figure", "tta_figure"]
 
 from .tasks import show_augmented, show_panels, show_tasks  # chapter 1
+from .upsampling import show_bilinear_upsampling  # chapter 2
 
 __all__ += ["show_tasks", "show_panels", "show_augmented"]
+__all__ += ["show_bilinear_upsampling"]
 
 from .detection import (  # chapter 7  # noqa: E402
     counting_figure,

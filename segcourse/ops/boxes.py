@@ -14,9 +14,6 @@ import torch
 __all__ = ["box_area", "box_iou", "encode_boxes", "decode_boxes", "clip_boxes",
            "remove_small_boxes", "BBOX_CLIP"]
 
-# Boxes are (x1, y1, x2, y2) in continuous pixel coordinates: pixel (i, j) covers [j, j+1) x
-# [i, i+1), so a box's width is x2 - x1 (no "+1" as in the original Caffe code).
-
 BBOX_CLIP = math.log(1000.0 / 16)  # largest log-scale change decoded (torchvision, Detectron)
 
 
@@ -25,7 +22,8 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU ``[N, M]`` of boxes ``a [N, 4]`` and ``b [M, 4]``."""
+    """Pairwise IoU ``[N, M]`` of boxes ``a [N, 4]`` and ``b [M, 4]``: inter / (area_a + area_b
+    - inter), the arithmetic of torchvision's NMS kernel, so that decisions at a threshold agree."""
     ax1, ay1, ax2, ay2 = a.T.contiguous()[:, :, None]  # each [N, 1]
     bx1, by1, bx2, by2 = b.T.contiguous()[:, None, :]  # each [1, M]
     inter_w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)

@@ -7,6 +7,7 @@
 """
 
 from .masks import colorize, legend_patches, overlay, show_predictions, to_numpy_image
+from .panels import show_labels, show_maps
 from .receptive_field import plot_receptive_field, receptive_field_extent, receptive_field_map
 from .refinements import crf_figure, tta_figure
 from .training import plot_confusion_matrix, plot_history
@@ -37,3 +38,5 @@ from .detection import (  # chapter 7  # noqa: E402
 __all__ += ["draw_boxes", "paint_instances", "paint_panoptic", "counting_figure",
             "roi_sampling_figure", "shift_response_figure", "pipeline_figure",
             "detections_figure", "panoptic_figure", "pq_example_figure"]
+
+__all__ += ["show_maps", "show_labels"]  # panels (chapter 8)

@@ -9,8 +9,9 @@ and ground as stuff; 8,000 scenes, each seen once), with AdamW (lr 2e-3, weight 
 linear warm-up over 100 iterations, then cosine decay to 0. It is then scored by
 ``segcourse.evaluate.evaluate_panoptic`` on 200 held-out scenes (another seed); the mask AP@0.5,
 PQ (with SQ, RQ, PQ of things and of stuff) are stored in the checkpoint with the training log,
-the command and its CPU time. PyTorch's default threads (``--threads 0``) are faster on a
-multi-core CPU; on a GPU, ``fit`` trains in mixed precision.
+the command and its CPU time. Held-out results of the shipped file: mask AP@0.5 0.837, PQ 0.806
+(SQ 0.902, RQ 0.889), PQ things 0.700, PQ stuff 0.965. PyTorch's default threads
+(``--threads 0``) are faster on a multi-core CPU; on a GPU, ``fit`` trains in mixed precision.
 
 Weights are stored in float16 so the file stays small (about 4 MB); they load into a float32
 model with ``segcourse.train.load_checkpoint``. A different CPU or thread count changes the

@@ -8,7 +8,9 @@ BatchNorm becomes a fixed per-channel affine map, ``y = x * scale + shift``.
 Reference: torchvision ``ops/misc.py`` (``FrozenBatchNorm2d``: the four tensors are buffers, not
 parameters, ``eps=1e-5``, a stored ``num_batches_tracked`` is dropped on loading) and Detectron2
 ``layers/batch_norm.py`` (``FrozenBatchNorm2d.convert_frozen_batchnorm``, which swaps the layers
-of a built module -- so the backbone's code need not know about it).
+of a built module -- so the backbone's code need not know about it). The layer keeps the eps of
+the BatchNorm it replaces (1e-5, torchvision's default); torchvision's COCO-trained detection
+weights were trained with eps 0, which it restores on loading them (``overwrite_eps``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ from .upsampling import show_bilinear_upsampling  # chapter 2
 __all__ += ["show_tasks", "show_panels", "show_augmented"]
 __all__ += ["show_bilinear_upsampling"]
 
+from .attention import plot_attention_cost, plot_token_maps  # chapter 5  # noqa: E402
+
+__all__ += ["plot_attention_cost", "plot_token_maps"]
+
 from .detection import (  # chapter 7  # noqa: E402
     counting_figure,
     detections_figure,

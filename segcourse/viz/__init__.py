@@ -43,4 +43,12 @@ __all__ += ["draw_boxes", "paint_instances", "paint_panoptic", "counting_figure"
             "roi_sampling_figure", "shift_response_figure", "pipeline_figure",
             "detections_figure", "panoptic_figure", "pq_example_figure"]
 
+from .losses import (  # chapter 6  # noqa: E402
+    plot_boundary_errors,
+    plot_focal_loss,
+    plot_loss_comparison,
+)
+
+__all__ += ["plot_focal_loss", "plot_loss_comparison", "plot_boundary_errors"]
+
 __all__ += ["show_maps", "show_labels"]  # panels (chapter 8)

@@ -16,11 +16,12 @@ __all__ = ["colorize", "overlay", "to_numpy_image", "show_predictions", "legend_
            "plot_history", "plot_confusion_matrix", "receptive_field_extent",
            "receptive_field_map", "plot_receptive_field", "crf_figure", "tta_figure"]
 
+from .gates import show_attention_gates  # chapter 3
 from .tasks import show_augmented, show_panels, show_tasks  # chapter 1
 from .upsampling import show_bilinear_upsampling  # chapter 2
 
 __all__ += ["show_tasks", "show_panels", "show_augmented"]
-__all__ += ["show_bilinear_upsampling"]
+__all__ += ["show_bilinear_upsampling", "show_attention_gates"]
 
 from .attention import plot_attention_cost, plot_token_maps  # chapter 5  # noqa: E402
 

@@ -53,3 +53,13 @@ from .losses import (  # chapter 6  # noqa: E402
 __all__ += ["plot_focal_loss", "plot_loss_comparison", "plot_boundary_errors"]
 
 __all__ += ["show_maps", "show_labels"]  # panels (chapter 8)
+
+from .comparison import (  # chapter 9  # noqa: E402
+    plot_accuracy_vs_cost,
+    plot_compute_split,
+    plot_iou_per_class,
+    show_model_predictions,
+)
+
+__all__ += ["plot_compute_split", "plot_accuracy_vs_cost", "plot_iou_per_class",
+            "show_model_predictions"]

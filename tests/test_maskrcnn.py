@@ -286,6 +286,19 @@ def test_target_from_a_class_map_makes_one_object_per_thing_class():
 
 # --- the model -----------------------------------------------------------------------------------
 
+def test_images_without_objects_give_a_zero_mask_loss_that_reaches_every_mask_parameter():
+    """No positive RoI: the mask loss is 0 but still touches the whole mask head, so under DDP
+    every parameter gets a (zero) gradient and the next all-reduce does not stall."""
+    torch.manual_seed(0)
+    model = mask_rcnn(4).train()
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+             "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
+    losses = model(torch.rand(2, 3, 64, 64), [empty, dict(empty)])
+    assert losses["loss_mask"].item() == 0.0 and torch.isfinite(sum(losses.values()))
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.roi_heads.mask_head.parameters())
+
+
 def test_train_mode_returns_finite_losses_and_gradients_reach_the_stem(shapes_batch):
     images, targets = shapes_batch
     torch.manual_seed(0)

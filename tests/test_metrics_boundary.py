@@ -104,3 +104,26 @@ def test_bad_radius_and_mismatched_pred_raise():
         boundary_mask(target, radius=-1)
     with pytest.raises(ValueError, match="pred"):
         boundary_accuracy(target[0], target)
+
+
+def test_a_void_border_empties_the_band_unless_void_is_boundary():
+    """Pet trimaps: pet | 2-pixel void border | background. Across the border no class change is
+    within radius 2, so the band is empty; with void_is_boundary the pixels beside the border
+    (2 on each side, radius 2) form it."""
+    target = torch.zeros(1, 6, 10, dtype=torch.long)
+    target[0, :, 6:] = 1
+    target[0, :, 4:6] = 255
+    assert not boundary_mask(target, radius=2).any()
+    band = boundary_mask(target, radius=2, void_is_boundary=True)[0]
+    assert torch.equal(band.any(0), torch.tensor([0, 0, 1, 1, 0, 0, 1, 1, 0, 0]).bool())
+    assert band.all(0)[[2, 3, 6, 7]].all()
+    pred = torch.zeros_like(target)  # everything background
+    assert boundary_accuracy(pred, target, radius=2) != boundary_accuracy(pred, target, radius=2)
+    assert boundary_accuracy(pred, target, radius=2, void_is_boundary=True) == 0.5
+    assert boundary_miou(pred, target, 2, radius=2, void_is_boundary=True) == pytest.approx(0.25)
+
+
+def test_void_is_boundary_changes_nothing_without_void():
+    torch.manual_seed(1)
+    target = torch.randint(0, 4, (2, 12, 9))
+    assert torch.equal(boundary_mask(target, 2), boundary_mask(target, 2, void_is_boundary=True))

@@ -155,8 +155,11 @@ class RoIHeads(nn.Module):
         box_loss = F.smooth_l1_loss(deltas, all_regression[pos], beta=1 / 9, reduction="sum")
         losses = {"loss_classifier": F.cross_entropy(class_logits, all_labels),
                   "loss_box": box_loss / max(all_labels.numel(), 1)}
-        if pos.numel() == 0:  # keep the mask head in the graph, add nothing
-            losses["loss_mask"] = self.mask_head[0].weight.sum() * 0.0
+        if pos.numel() == 0:
+            # Add nothing, but keep EVERY mask-head parameter in the graph (torchvision's
+            # `mask_logits.sum() * 0`): under DDP a parameter without a gradient on one process
+            # stalls the all-reduce of the next step.
+            losses["loss_mask"] = sum(p.sum() for p in self.mask_head.parameters()) * 0.0
             return losses
         # Mask branch: positive RoIs only, each against its matched object's mask, and only the
         # logits of that object's class (the paper's decoupling of masks and classes).

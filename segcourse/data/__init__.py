@@ -1,10 +1,18 @@
-"""Data for the course: synthetic shapes (the default everywhere), joint transforms, Oxford-IIIT Pet."""
+"""Data for the course: synthetic shapes (the default), joint transforms, Oxford-IIIT Pet."""
 
 from .pets import PETS_URLS, OxfordPets, download_oxford_pets
 from .shapes import IGNORE_INDEX, SHAPES_CLASSES, SHAPES_PALETTE, ShapesDataset, ShapesSample
 from .targets import InstanceTargets, panoptic_target, target_from_mask, targets_from_samples
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Compose, Normalize, RandomHorizontalFlip,
-                         RandomScaleCrop, Resize, resize_pair)
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Compose,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomScaleCrop,
+    Resize,
+    resize_pair,
+)
 
 __all__ = [
     "ShapesDataset", "ShapesSample", "SHAPES_CLASSES", "SHAPES_PALETTE", "IGNORE_INDEX",

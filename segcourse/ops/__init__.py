@@ -8,8 +8,15 @@
 - ``misc``       frozen BatchNorm for detection backbones
 """
 
-from .boxes import (BBOX_CLIP, box_area, box_iou, clip_boxes, decode_boxes, encode_boxes,
-                    remove_small_boxes)
+from .boxes import (
+    BBOX_CLIP,
+    box_area,
+    box_iou,
+    clip_boxes,
+    decode_boxes,
+    encode_boxes,
+    remove_small_boxes,
+)
 from .matching import BACKGROUND, IGNORE, match_boxes, sample_balanced
 from .misc import FrozenBatchNorm2d, convert_frozen_batchnorm
 from .nms import batched_nms, nms

@@ -20,14 +20,18 @@ from pathlib import Path
 
 
 def _text_outputs(cell) -> list[str]:
+    """The lines of text output the book shows (none for a cell tagged ``remove-output``)."""
+    if "remove-output" in cell.get("metadata", {}).get("tags", []):
+        return []
     lines = []
     for out in cell.get("outputs", []):
         if out.get("output_type") == "stream":
             text = out.get("text", "")
         elif out.get("output_type") in ("execute_result", "display_data"):
             text = out.get("data", {}).get("text/plain", "")
-            if "image/png" in out.get("data", {}) or "text/html" in out.get("data", {}):
-                text = ""  # a figure or a widget: its repr is not shown in the book
+            rich = ("image/png", "text/html", "application/vnd.jupyter.widget-view+json")
+            if any(kind in out.get("data", {}) for kind in rich):
+                text = ""  # a figure or a widget: its text repr is not shown in the book
         else:
             continue
         text = "".join(text) if isinstance(text, list) else text

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "check_images", "check_labels", "check_logits_and_target",
-           "check_same_shape"]
+__all__ = ["as_tensor", "check_count", "check_images", "check_labels",
+           "check_logits_and_target", "check_model_input", "check_same_shape"]
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
@@ -23,9 +23,30 @@ def as_tensor(x, name: str) -> torch.Tensor:
     raise ValueError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
 
 
+def check_count(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int >= minimum``; a bool (an ``int`` subclass: ``build("unet", True)``),
+    a float such as ``2.7`` or a NumPy float is a ``ValueError`` naming the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r} "
+                         f"({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:  # torch >= 2.4 takes the device type
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch 2.1 - 2.3: one flag for CUDA, one for the CPU
+        return bool(torch.is_autocast_enabled() if device_type == "cuda"
+                    else torch.is_autocast_cpu_enabled())
+
+
 def check_images(x: torch.Tensor, in_channels: int | None = None, min_size: int = 1,
-                 name: str = "input") -> None:
-    """Check a batch of images ``[B, C, H, W]`` with floating dtype."""
+                 name: str = "input", dtype: torch.dtype | None = None,
+                 min_size_reason: str = "") -> None:
+    """Check a batch of images ``[B, C, H, W]`` with floating dtype (``dtype``, when given:
+    the dtype of the parameters it will meet; autocast, which casts for us, lifts that check)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor [B, C, H, W], got {type(x).__name__}")
     if x.dim() != 4:
@@ -37,8 +58,26 @@ def check_images(x: torch.Tensor, in_channels: int | None = None, min_size: int 
         raise ValueError(f"{name} must have {in_channels} channels, got {x.shape[1]} "
                          f"(shape {tuple(x.shape)})")
     if min(x.shape[-2:]) < min_size:
-        raise ValueError(f"{name} height and width must be at least {min_size}, "
+        raise ValueError(f"{name} height and width must be at least {min_size}{min_size_reason}, "
                          f"got {tuple(x.shape[-2:])}")
+    if dtype is not None and x.dtype != dtype and not _autocast_enabled(x.device.type):
+        short = {torch.float64: "double", torch.float32: "float", torch.float16: "half",
+                 torch.bfloat16: "bfloat16"}
+        fix = f"{name}.{short[dtype]}()" if dtype in short else f"{name}.to({dtype})"
+        cast = f" or model.{short[x.dtype]}()" if x.dtype in short else ""
+        raise ValueError(f"{name} is {str(x.dtype).removeprefix('torch.')} but the model's "
+                         f"parameters are {str(dtype).removeprefix('torch.')}: pass {fix}{cast}")
+
+
+def check_model_input(model: torch.nn.Module, x: torch.Tensor, min_size: int = 32,
+                      name: str = "input", min_size_reason: str = "") -> None:
+    """The check at the top of every registered model's ``forward``: images ``[B, C, H, W]``
+    with ``model.in_channels`` channels, ``H, W >= min_size`` (32 for every semantic model) and
+    the dtype of the model's parameters (float64 images into a float32 model are refused with
+    the fix, instead of torch's ``expected scalar type Double but found Float``)."""
+    param = next(model.parameters(), None)
+    check_images(x, getattr(model, "in_channels", None), min_size=min_size, name=name,
+                 dtype=None if param is None else param.dtype, min_size_reason=min_size_reason)
 
 
 def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int | None = 255,
@@ -84,3 +123,26 @@ def check_logits_and_target(logits: torch.Tensor, target: torch.Tensor,
         raise ValueError(f"target shape {tuple(target.shape)} does not match logits "
                          f"{tuple(logits.shape)}: expected {(B, H, W)}")
     check_labels(target, K, ignore_index)
+
+
+def check_class_ids(ids, name: str, allow_empty: bool = False) -> tuple[int, ...]:
+    """``ids`` (dataset class ids: distinct ints in 0..254, 255 being the ignore label) as a
+    tuple; a ``ValueError`` naming ``name`` otherwise. Added by H12-detect for the detection
+    models and targets (thing / stuff classes)."""
+    import numbers
+
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"{name} must be a sequence of int class ids, got {ids!r}")
+    ids = tuple(ids)
+    for c in ids:
+        if isinstance(c, torch.Tensor) and c.numel() == 1 and not c.is_floating_point():
+            c = c.item()
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < 255:
+            raise ValueError(f"{name} must hold int class ids in 0..254 (255 is the ignore "
+                             f"label), got {c!r} in {ids!r}")
+    ids = tuple(int(c) for c in ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{name} must not repeat a class, got {ids}")
+    if not ids and not allow_empty:
+        raise ValueError(f"{name} must name at least one class, got {ids}")
+    return ids

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import as_tensor, check_class_ids
+
 __all__ = ["InstanceTargets", "targets_from_samples", "target_from_mask", "panoptic_target"]
 
 
@@ -28,7 +30,8 @@ def targets_from_samples(samples, thing_classes) -> list[dict[str, torch.Tensor]
     Dataset class ``thing_classes[k]`` becomes object label ``k + 1``; ``semantic`` is the
     dataset's class map.
     """
-    lookup = {int(c): k + 1 for k, c in enumerate(thing_classes)}
+    thing_classes = check_class_ids(thing_classes, "thing_classes")
+    lookup = {c: k + 1 for k, c in enumerate(thing_classes)}
     targets = []
     for s in samples:
         unknown = sorted({int(c) for c in s.instance_classes} - set(lookup))
@@ -53,6 +56,12 @@ def target_from_mask(mask: torch.Tensor, thing_classes) -> dict[str, torch.Tenso
     one pet); for crowded scenes it merges touching objects, which is why instance datasets
     label instances.
     """
+    thing_classes = check_class_ids(thing_classes, "thing_classes")
+    mask = as_tensor(mask, "mask")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be a [H, W] class map, got shape {tuple(mask.shape)}")
+    if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
+        raise ValueError(f"mask must hold integer class ids (torch.int64), got {mask.dtype}")
     objects = [(k + 1, mask == c) for k, c in enumerate(thing_classes) if (mask == c).any()]
     boxes = []
     for _, m in objects:
@@ -68,6 +77,17 @@ def target_from_mask(mask: torch.Tensor, thing_classes) -> dict[str, torch.Tenso
 
 def panoptic_target(target: dict) -> torch.Tensor:
     """The ``[H, W, 2]`` ground truth of one target dict: (``semantic`` class, object index + 1)."""
+    if not isinstance(target, dict) or "semantic" not in target or "masks" not in target:
+        raise ValueError("target must be a dict with 'semantic' [H, W] and 'masks' [n, H, W], "
+                         f"got {type(target).__name__}"
+                         + (f" with keys {sorted(target)}" if isinstance(target, dict) else ""))
+    semantic, masks = target["semantic"], target["masks"]
+    if not isinstance(semantic, torch.Tensor) or semantic.dim() != 2 or not isinstance(
+            masks, torch.Tensor) or masks.dim() != 3 or masks.shape[1:] != semantic.shape:
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                  for t in (semantic, masks)]
+        raise ValueError(f"target['semantic'] must be [H, W] and target['masks'] [n, H, W] "
+                         f"of the same H, W; got {shapes[0]} and {shapes[1]}")
     instance = torch.zeros_like(target["semantic"])
     for k, mask in enumerate(target["masks"]):
         instance[mask.bool()] = k + 1
@@ -92,10 +112,15 @@ class InstanceTargets(Dataset):
             if thing_classes is None:
                 raise ValueError(f"{type(dataset).__name__} has no thing_classes; pass "
                                  "thing_classes, the dataset class ids that are objects")
-        self.dataset, self.thing_classes = dataset, tuple(int(c) for c in thing_classes)
-        if not self.thing_classes:
-            raise ValueError("thing_classes must name at least one class")
-        self.stuff_classes = tuple(getattr(dataset, "stuff_classes", ()))
+        self.dataset = dataset
+        self.thing_classes = check_class_ids(thing_classes, "thing_classes")
+        self.stuff_classes = check_class_ids(getattr(dataset, "stuff_classes", ()),
+                                             "the dataset's stuff_classes", allow_empty=True)
+        shared = sorted(set(self.thing_classes) & set(self.stuff_classes))
+        if shared:
+            raise ValueError(f"thing_classes {self.thing_classes} and the dataset's "
+                             f"stuff_classes {self.stuff_classes} must not share a class, both "
+                             f"hold {shared}")
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -23,6 +23,8 @@ small.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +39,8 @@ from .resnet import resnet
 from .roi_heads import RoIHeads
 from .rpn import AnchorGenerator, RegionProposalNetwork
 
-__all__ = ["MaskRCNNConfig", "SMALL", "PAPER", "MaskRCNN", "mask_rcnn", "check_targets"]
+__all__ = ["MaskRCNNConfig", "SMALL", "PAPER", "MaskRCNN", "mask_rcnn", "check_config",
+           "check_model_dtype", "check_targets"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")  # C2..C5
 
@@ -117,9 +120,7 @@ class MaskRCNN(nn.Module):
 
     def __init__(self, config: MaskRCNNConfig):
         super().__init__()
-        if not isinstance(config.num_classes, int) or config.num_classes < 2:
-            raise ValueError("num_classes counts the background and at least one object class, "
-                             f"so it must be an int >= 2; got {config.num_classes!r}")
+        check_config(config)
         self.config = c = config
         self.backbone = resnet(depth=c.depth, output_stride=32, in_channels=c.in_channels,
                                width=c.width)
@@ -144,6 +145,11 @@ class MaskRCNN(nn.Module):
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalise, pad to a multiple of 32, and return the pyramid ``{"p2": ..., "p6": ...}``."""
         check_images(images, self.config.in_channels, min_size=32, name="images")
+        check_model_dtype(images, self)
+        if not torch.isfinite(images).all():
+            bad = int((~torch.isfinite(images)).sum())
+            raise ValueError(f"images must be finite, got {bad} NaN or inf value(s) in images "
+                             f"of shape {tuple(images.shape)}")
         H, W = images.shape[-2:]
         x = (images - self.mean) / self.std
         x = F.pad(x, (0, -W % 32, 0, -H % 32))
@@ -159,35 +165,123 @@ class MaskRCNN(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
         if self.training:
+            check_images(images, self.config.in_channels, min_size=32, name="images")
             check_targets(targets, images, self.config.num_classes)
         image_size = tuple(images.shape[-2:])
         detections, losses = self.instances(self.features(images), image_size, targets)
         return losses if self.training else detections
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_config(c: MaskRCNNConfig) -> None:
+    """ValueError for a config field no model can be built from (``mask_rcnn(1)``,
+    ``in_channels=0``, a threshold outside [0, 1], ...), naming the field."""
+    if not isinstance(c, MaskRCNNConfig):
+        raise ValueError(f"config must be a MaskRCNNConfig, got {type(c).__name__}")
+    if not _is_int(c.num_classes) or c.num_classes < 2:
+        raise ValueError("num_classes counts the background and at least one object class, "
+                         f"so it must be an int >= 2; got {c.num_classes!r}")
+    for name in ("in_channels", "width", "fpn_channels", "representation", "mask_channels",
+                 "rpn_batch_size", "roi_batch_size", "detections_per_image"):
+        v = getattr(c, name)
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    for name in ("rpn_nms_threshold", "score_threshold", "nms_threshold"):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
+            raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
+    for name in ("rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
+        v = getattr(c, name)
+        if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(
+                _is_int(n) and n >= 1 for n in v):
+            raise ValueError(f"{name} must be a pair (train, test) of ints >= 1, got {v!r}")
+    for name, count in (("anchor_sizes", 5), ("aspect_ratios", None)):
+        v = getattr(c, name)
+        ok = isinstance(v, (tuple, list)) and len(v) > 0 and (count is None or len(v) == count)
+        if not ok or not all(isinstance(x, numbers.Real) and not isinstance(x, bool)
+                             and math.isfinite(x) and x > 0 for x in v):
+            what = f"{count} positive numbers (one per level P2..P6)" if count else \
+                "a non-empty tuple of positive numbers"
+            raise ValueError(f"{name} must be {what}, got {v!r}")
+
+
+_DTYPE_METHOD = {torch.float32: "float", torch.float64: "double", torch.float16: "half",
+                 torch.bfloat16: "bfloat16"}
+
+
+def check_model_dtype(images: torch.Tensor, model: nn.Module, name: str = "images") -> None:
+    """ValueError unless ``images`` have the dtype of ``model``'s parameters (one rule for every
+    model: say what was given and how to fix it, never cast silently)."""
+    expected = next(model.parameters()).dtype
+    if images.dtype != expected:
+        given = str(images.dtype).replace("torch.", "")
+        fix = f"{name}.{_DTYPE_METHOD.get(expected, 'to')}()"
+        other = _DTYPE_METHOD.get(images.dtype)
+        raise ValueError(f"{name} are {given} but the model's parameters are "
+                         f"{str(expected).replace('torch.', '')}: pass {fix}"
+                         + (f" or model.{other}()" if other else ""))
+
+
 def check_targets(targets, images: torch.Tensor, num_classes: int) -> None:
-    """ValueError unless ``targets`` holds one valid target dict per image."""
-    if targets is None or len(targets) != images.shape[0]:
-        raise ValueError("in training mode pass one target dict per image "
-                         "(boxes [n, 4], labels [n], masks [n, H, W])")
-    H, W = images.shape[-2:]
-    for t in targets:
-        missing = {"boxes", "labels", "masks"} - set(t)
+    """ValueError unless ``targets`` holds one valid target dict per image; the message names
+    the image (``targets[i]``), the key and, for a bad box, the box."""
+    B, (H, W) = images.shape[0], images.shape[-2:]
+    if not isinstance(targets, (list, tuple)) or len(targets) != B:
+        given = f"{len(targets)} target(s)" if isinstance(targets, (list, tuple)) else \
+            repr(targets) if targets is None else type(targets).__name__
+        raise ValueError(f"targets: in training mode pass a list of one target dict per image "
+                         f"(boxes [n, 4], labels [n], masks [n, H, W]) for the {B} image(s), "
+                         f"got {given}")
+    for i, t in enumerate(targets):
+        if not isinstance(t, dict):
+            raise ValueError(f"targets[{i}] must be a dict with boxes, labels and masks, got "
+                             f"{type(t).__name__}")
+        missing = [k for k in ("boxes", "labels", "masks") if k not in t]
         if missing:
-            raise ValueError(f"targets need boxes, labels and masks; missing {sorted(missing)}")
-        n = len(t["boxes"])
-        shapes = tuple(t["boxes"].shape), tuple(t["labels"].shape), tuple(t["masks"].shape)
-        if shapes != ((n, 4), (n,), (n, H, W)):
-            raise ValueError(f"target shapes must be boxes [n, 4], labels [n], masks "
-                             f"[n, {H}, {W}]; got {shapes[0]}, {shapes[1]}, {shapes[2]}")
-        if n and (int(t["labels"].min()) < 1 or int(t["labels"].max()) >= num_classes):
-            raise ValueError(f"object labels must be in 1..{num_classes - 1} "
-                             "(0 is the background)")
-        boxes = t["boxes"]
-        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-        if degenerate.any():  # as torchvision's GeneralizedRCNN: no delta encoding exists
-            raise ValueError("target boxes must have positive width and height (x2 > x1, "
-                             f"y2 > y1); got {boxes[degenerate][0].tolist()}")
+            raise ValueError(f"targets[{i}] is missing {missing}: targets need 'boxes' [n, 4], "
+                             f"'labels' [n] and 'masks' [n, {H}, {W}]")
+        for key in ("boxes", "labels", "masks"):
+            if not isinstance(t[key], torch.Tensor):
+                raise ValueError(f"targets[{i}]['{key}'] must be a torch.Tensor, got "
+                                 f"{type(t[key]).__name__} (wrap it in torch.tensor(...))")
+        boxes, labels, masks = t["boxes"], t["labels"], t["masks"]
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"targets[{i}]['boxes'] must have shape [n, 4] (x1, y1, x2, y2), "
+                             f"got {tuple(boxes.shape)}")
+        if not boxes.is_floating_point():
+            raise ValueError(f"targets[{i}]['boxes'] must be floating point (e.g. float32), got "
+                             f"{boxes.dtype}")
+        n = len(boxes)
+        if tuple(labels.shape) != (n,):
+            raise ValueError(f"targets[{i}]['labels'] must have shape [{n}] (one per box), got "
+                             f"{tuple(labels.shape)}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"targets[{i}]['labels'] must hold integer class labels "
+                             f"(torch.int64), got {labels.dtype}")
+        if tuple(masks.shape) != (n, H, W):
+            raise ValueError(f"targets[{i}]['masks'] has shape {tuple(masks.shape)}; expected "
+                             f"masks [n, {H}, {W}] with n = {n}: one image-sized mask per box")
+        if masks.dtype != torch.bool and bool(((masks != 0) & (masks != 1)).any()):
+            raise ValueError(f"targets[{i}]['masks'] must be binary (bool, or 0 and 1), got "
+                             f"values such as {masks[(masks != 0) & (masks != 1)][0].item()}")
+        if n == 0:
+            continue
+        if int(labels.min()) < 1 or int(labels.max()) >= num_classes:
+            bad = labels[(labels < 1) | (labels >= num_classes)]
+            raise ValueError(f"targets[{i}]['labels']: object labels must be in "
+                             f"1..{num_classes - 1} (0 is the background), got {int(bad[0])}")
+        finite = torch.isfinite(boxes).all(dim=1)
+        # as torchvision's GeneralizedRCNN: a box without positive width and height has no
+        # delta encoding (log of a non-positive size) and turns the box losses into NaN
+        degenerate = ~finite | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if degenerate.any():
+            j = int(degenerate.nonzero()[0])
+            raise ValueError(f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()}: boxes are "
+                             "(x1, y1, x2, y2) with finite coordinates and positive width and "
+                             "height (x2 > x1, y2 > y1)")
 
 
 def mask_rcnn(num_classes: int, paper: bool = False, **overrides) -> MaskRCNN:

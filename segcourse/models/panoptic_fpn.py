@@ -24,12 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._checks import check_class_ids
 from . import mask_rcnn as _mask_rcnn
 from .config import configure
-from .mask_rcnn import MaskRCNN, MaskRCNNConfig, check_targets
+from .mask_rcnn import MaskRCNN, MaskRCNNConfig, check_config, check_targets
 
 __all__ = ["VOID", "UpsampleStage", "SemanticFPNHead", "panoptic_fusion", "PanopticFPNConfig",
-           "SMALL", "PAPER", "PanopticFPN", "panoptic_fpn"]
+           "SMALL", "PAPER", "PanopticFPN", "panoptic_fpn", "check_panoptic_config"]
 
 VOID = -1  # category of pixels that fusion leaves unlabelled; instance id 0
 
@@ -158,15 +159,16 @@ class PanopticFPN(nn.Module):
 
     def __init__(self, thing_classes, stuff_classes, config: PanopticFPNConfig | None = None):
         super().__init__()
-        self.thing_classes, self.stuff_classes = tuple(thing_classes), tuple(stuff_classes)
-        if set(self.thing_classes) & set(self.stuff_classes):
+        self.thing_classes = check_class_ids(thing_classes, "thing_classes")
+        self.stuff_classes = check_class_ids(stuff_classes, "stuff_classes", allow_empty=True)
+        shared = sorted(set(self.thing_classes) & set(self.stuff_classes))
+        if shared:
             raise ValueError(f"thing_classes {self.thing_classes} and stuff_classes "
-                             f"{self.stuff_classes} must not share a class")
-        if any(not 0 <= c < 255 for c in self.thing_classes + self.stuff_classes):
-            raise ValueError("class ids must be in 0..254 (255 is the ignore label)")
+                             f"{self.stuff_classes} must not share a class, both hold {shared}")
         config = config or configure(SMALL, num_classes=len(self.thing_classes) + 1)
         if not isinstance(config, PanopticFPNConfig):
             raise ValueError(f"config must be a PanopticFPNConfig, got {type(config).__name__}")
+        check_panoptic_config(config)
         if config.num_classes != len(self.thing_classes) + 1:
             raise ValueError(f"config.num_classes must be len(thing_classes) + 1 = "
                              f"{len(self.thing_classes) + 1}, got {config.num_classes}")
@@ -179,6 +181,9 @@ class PanopticFPN(nn.Module):
         lookup[list(self.stuff_classes)] = torch.arange(len(self.stuff_classes))
         lookup[list(self.thing_classes)] = len(self.stuff_classes)
         self.register_buffer("semantic_lookup", lookup, persistent=False)
+        known = torch.zeros(256, dtype=torch.bool)
+        known[[*self.thing_classes, *self.stuff_classes, 255]] = True
+        self.register_buffer("semantic_known", known, persistent=False)
 
     def semantic_logits(self, pyramid: dict, image_size: tuple[int, int]) -> torch.Tensor:
         logits = self.semantic_head([pyramid[k] for k in ("p2", "p3", "p4", "p5")])
@@ -204,17 +209,64 @@ class PanopticFPN(nn.Module):
                                               c.instance_score_threshold)
         return detections
 
+    def check_semantic(self, targets, image_size: tuple[int, int]) -> None:
+        """ValueError unless every target has ``semantic``, an integer ``[H, W]`` map of
+        thing / stuff class ids or 255 -- an unknown id must not quietly become "ignore"."""
+        H, W = image_size
+        for i, t in enumerate(targets):
+            if "semantic" not in t:
+                raise ValueError(f"targets[{i}] is missing 'semantic': Panoptic FPN targets "
+                                 "need the [H, W] class map of the image (255 = ignore) for "
+                                 "the stuff head")
+            sem = t["semantic"]
+            if not isinstance(sem, torch.Tensor):
+                raise ValueError(f"targets[{i}]['semantic'] must be a torch.Tensor, got "
+                                 f"{type(sem).__name__}")
+            if sem.is_floating_point() or sem.is_complex() or sem.dtype == torch.bool:
+                raise ValueError(f"targets[{i}]['semantic'] must hold integer class ids "
+                                 f"(torch.int64), got {sem.dtype}")
+            if tuple(sem.shape) != (H, W):
+                raise ValueError(f"targets[{i}]['semantic'] must have the image's shape "
+                                 f"[{H}, {W}], got {tuple(sem.shape)}")
+            sem = sem.to(self.semantic_known.device).long()
+            inside = (sem >= 0) & (sem <= 255)
+            unknown = ~inside | ~self.semantic_known[sem.clamp(0, 255)]
+            if unknown.any():
+                raise ValueError(f"targets[{i}]['semantic'] holds class {int(sem[unknown][0])}, "
+                                 f"which is neither in thing_classes {self.thing_classes}, nor "
+                                 f"in stuff_classes {self.stuff_classes}, nor 255 (ignore)")
+
     def loss(self, images, pyramid, logits, targets) -> dict[str, torch.Tensor]:
         check_targets(targets, images, self.config.num_classes)
-        if any("semantic" not in t for t in targets):
-            raise ValueError("Panoptic FPN targets need 'semantic', the [H, W] class map of the "
-                             "image (255 = ignore), for the stuff head")
+        self.check_semantic(targets, tuple(images.shape[-2:]))
         _, losses = self.mask_rcnn.instances(pyramid, tuple(images.shape[-2:]), targets)
         semantic = torch.stack([t["semantic"] for t in targets]).to(images.device)
-        labels = self.semantic_lookup[semantic.clamp(0, 255)]
-        loss = F.cross_entropy(logits, labels, ignore_index=255)
+        labels = self.semantic_lookup[semantic.long()]
+        if bool((labels != 255).any()):
+            loss = F.cross_entropy(logits, labels, ignore_index=255)
+        else:  # every pixel void: nothing to learn, zero with a gradient (torch's mean is NaN)
+            loss = logits.sum() * 0.0
         losses["loss_semantic"] = self.config.semantic_loss_weight * loss
         return losses
+
+
+def check_panoptic_config(c: PanopticFPNConfig) -> None:
+    """Mask R-CNN's field checks plus the semantic head's and fusion's, naming the field."""
+    check_config(c)
+    if isinstance(c.semantic_channels, bool) or not isinstance(c.semantic_channels, int) \
+            or c.semantic_channels < 1:
+        raise ValueError(f"semantic_channels must be an int >= 1, got {c.semantic_channels!r}")
+    if isinstance(c.stuff_area_limit, bool) or not isinstance(c.stuff_area_limit, int) \
+            or c.stuff_area_limit < 0:
+        raise ValueError(f"stuff_area_limit must be an int >= 0 (pixels), got "
+                         f"{c.stuff_area_limit!r}")
+    for name, upper in (("semantic_loss_weight", math.inf), ("overlap_threshold", 1.0),
+                        ("instance_score_threshold", 1.0)):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= upper \
+                or v != v or v == math.inf:
+            what = "a finite number >= 0" if upper == math.inf else "a number in [0, 1]"
+            raise ValueError(f"{name} must be {what}, got {v!r}")
 
 
 def panoptic_fpn(thing_classes, stuff_classes, paper: bool = False, **overrides) -> PanopticFPN:

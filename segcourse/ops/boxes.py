@@ -56,7 +56,7 @@ def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor,
                  weights=(1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
     """Inverse of :func:`encode_boxes`; ``deltas [N, 4k]`` gives boxes ``[N, k, 4]``."""
     ax, ay, aw, ah = (t[:, None] for t in _centre_size(anchors))
-    d = deltas.reshape(deltas.shape[0], -1, 4)
+    d = deltas.reshape(deltas.shape[0], deltas.shape[1] // 4, 4)  # also for 0 boxes
     wx, wy, ww, wh = weights
     cx = d[..., 0] / wx * aw + ax
     cy = d[..., 1] / wy * ah + ay

@@ -39,7 +39,7 @@ const stderr = Array.from(document.querySelectorAll('.cell_output .output.stderr
 const text = document.body.innerText;
 // code or text output wider than the content column gets a horizontal scrollbar
 const scrolling = Array.from(document.querySelectorAll('.cell_input pre, .cell_output pre'))
-    .filter(e => e.scrollWidth > e.clientWidth + 1)
+    .filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)  // shown ones
     .map(e => e.innerText.split('\n').reduce((a, b) => a.length >= b.length ? a : b, ''));
 const widgets = document.querySelectorAll(
     'script[type="application/vnd.jupyter.widget-view+json"], .jupyter-widgets').length;

@@ -24,6 +24,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .._checks import check_count
+
 __all__ = ["register", "list_models", "build"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -60,10 +62,8 @@ def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    check_count(num_classes, "num_classes")
+    check_count(in_channels, "in_channels")
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, paper=paper,
                            **overrides)
 

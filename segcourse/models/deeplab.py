@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_images
+from .._checks import check_count, check_model_input
 from . import register
 from .blocks import ConvBNReLU, upsample_like
 from .config import configure
@@ -162,6 +162,7 @@ class DeepLabV3(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3, config: DeepLabConfig = SMALL):
         super().__init__()
+        check_count(num_classes, "num_classes"), check_count(in_channels, "in_channels")
         self.num_classes, self.in_channels, self.config = num_classes, in_channels, config
         rates = atrous_rates(config.output_stride)
         self.backbone = resnet(config.depth, config.output_stride, in_channels, config.width)
@@ -169,7 +170,7 @@ class DeepLabV3(nn.Module):
                                       config.aspp_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_channels, min_size=32)
+        check_model_input(self, x)
         feats = self.backbone(x)
         logits = self.classifier(feats["layer4"])        # (B, K, H/os, W/os)
         return upsample_like(logits, x)                  # (B, K, H, W)
@@ -208,6 +209,7 @@ class DeepLabV3Plus(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3, config: DeepLabConfig = SMALL):
         super().__init__()
+        check_count(num_classes, "num_classes"), check_count(in_channels, "in_channels")
         self.num_classes, self.in_channels, self.config = num_classes, in_channels, config
         self.backbone = resnet(config.depth, config.output_stride, in_channels, config.width)
         channels = self.backbone.channels
@@ -217,7 +219,7 @@ class DeepLabV3Plus(nn.Module):
                                config.low_level_channels, config.decoder_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_channels, min_size=32)
+        check_model_input(self, x)
         feats = self.backbone(x)
         logits = self.decoder(self.aspp(feats["layer4"]), feats["layer1"])   # (B, K, H/4, W/4)
         return upsample_like(logits, x)                                        # (B, K, H, W)

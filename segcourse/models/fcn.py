@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .._checks import check_images
+from .._checks import check_count, check_model_input
 from . import register
 from .config import configure
 
@@ -208,6 +208,7 @@ class FCN(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, stride: int = 8,
                  config: FCNConfig = SMALL):
         super().__init__()
+        check_count(num_classes, "num_classes"), check_count(in_channels, "in_channels")
         if stride not in (32, 16, 8):
             raise ValueError(f"stride must be 32, 16 or 8, got {stride}")
         cfg, K = config, num_classes
@@ -242,7 +243,7 @@ class FCN(nn.Module):
                 nn.init.zeros_(getattr(self, name).bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_channels, min_size=32)
+        check_model_input(self, x)
         H, W = x.shape[-2:]
         feats = self.features(x)  # pool3, pool4, pool5; each larger than H/s by the padding
         score = self.score_fr(self.classifier(feats["pool5"]))  # (B, K, ~H/32 + 2, ...)

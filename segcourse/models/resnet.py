@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._checks import check_images
+from .._checks import check_count, check_model_input
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "load_imagenet_weights",
            "IMAGENET_URLS"]
@@ -126,6 +126,7 @@ class ResNet(nn.Module):
                              f"got {output_stride!r}")
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive int, got {width!r}")
+        check_count(in_channels, "in_channels")
         block, blocks = ARCHITECTURES[depth]
         self.depth, self.output_stride = depth, output_stride
         self.in_channels, self.width = in_channels, width
@@ -173,7 +174,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_images(x, self.in_channels)
+        check_model_input(self, x, min_size=1)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))   # stride 4
         feats = {}
         for name in ("layer1", "layer2", "layer3", "layer4"):

@@ -52,7 +52,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_images
+from .._checks import check_count, check_model_input
 from . import register
 from .blocks import ConvBNReLU, upsample_like
 from .config import configure
@@ -325,6 +325,7 @@ class SegFormer(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3,
                  variant: str | SegFormerConfig = "b0", **overrides):
         super().__init__()
+        check_count(num_classes, "num_classes"), check_count(in_channels, "in_channels")
         config = configure(variant_config(variant), **overrides)
         self.config = config
         self.in_channels = in_channels
@@ -336,7 +337,7 @@ class SegFormer(nn.Module):
 
     def forward_quarter(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at 1/4 resolution, as the decoder makes them (HF's ``outputs.logits``)."""
-        check_images(x, self.in_channels, min_size=32)
+        check_model_input(self, x)
         return self.decoder(list(self.encoder(x).values()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

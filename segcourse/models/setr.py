@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_images
+from .._checks import check_count, check_model_input
 from . import register
 from .blocks import ConvBNReLU, upsample_like
 from .config import configure
@@ -211,6 +211,7 @@ class SETR(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, decoder: str = "naive",
                  encoder: str | ViTConfig = "small"):
         super().__init__()
+        check_count(num_classes, "num_classes"), check_count(in_channels, "in_channels")
         encoder = encoder_config(encoder)
         self.config = encoder
         self.in_channels = in_channels
@@ -228,7 +229,7 @@ class SETR(nn.Module):
         nn.init.trunc_normal_(self.encoder.cls_token, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_channels, min_size=32)
+        check_model_input(self, x)
         H, W = x.shape[-2:]
         P = self.config.patch_size
         x = F.pad(x, (0, -W % P, 0, -H % P))  # bottom/right zeros up to a multiple of P

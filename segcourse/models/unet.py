@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_images
+from .._checks import check_count, check_model_input
 from . import register
 from .blocks import ConvBNReLU
 from .config import configure
@@ -164,6 +164,7 @@ class UNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, config: UNetConfig = SMALL,
                  **overrides):
         super().__init__()
+        check_count(num_classes, "num_classes"), check_count(in_channels, "in_channels")
         config = configure(config, **overrides)
         base_channels, depth, bilinear = config.base_channels, config.depth, config.bilinear
         if depth < 1 or base_channels < 1:
@@ -194,7 +195,11 @@ class UNet(nn.Module):
         return skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_channels, min_size=2 ** self.depth)
+        # 32 px for every model; deeper U-Nets need 2**(depth + 1) so that the bottleneck keeps
+        # 2 x 2 pixels: BatchNorm in training cannot normalise one value per channel (batch 1).
+        check_model_input(self, x, min_size=max(32, 2 ** (self.depth + 1)),
+                          min_size_reason=f" (depth {self.depth}: the bottleneck needs 2 x 2 "
+                          "pixels for BatchNorm in training)")
         x = self.inc(x)  # (B, w0, H, W)
         skips = []
         for down in self.downs:

@@ -40,7 +40,7 @@ from .roi_heads import RoIHeads
 from .rpn import AnchorGenerator, RegionProposalNetwork
 
 __all__ = ["MaskRCNNConfig", "SMALL", "PAPER", "MaskRCNN", "mask_rcnn", "check_config",
-           "check_model_dtype", "check_targets"]
+           "check_targets"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")  # C2..C5
 
@@ -144,8 +144,10 @@ class MaskRCNN(nn.Module):
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalise, pad to a multiple of 32, and return the pyramid ``{"p2": ..., "p6": ...}``."""
-        check_images(images, self.config.in_channels, min_size=32, name="images")
-        check_model_dtype(images, self)
+        # the dtype of the parameters, one rule for every model: float64 / float16 images into
+        # a float32 model are a ValueError that says how to fix it (autocast lifts the check)
+        check_images(images, self.config.in_channels, min_size=32, name="images",
+                     dtype=next(self.parameters()).dtype)
         if not torch.isfinite(images).all():
             bad = int((~torch.isfinite(images)).sum())
             raise ValueError(f"images must be finite, got {bad} NaN or inf value(s) in images "
@@ -206,23 +208,6 @@ def check_config(c: MaskRCNNConfig) -> None:
             what = f"{count} positive numbers (one per level P2..P6)" if count else \
                 "a non-empty tuple of positive numbers"
             raise ValueError(f"{name} must be {what}, got {v!r}")
-
-
-_DTYPE_METHOD = {torch.float32: "float", torch.float64: "double", torch.float16: "half",
-                 torch.bfloat16: "bfloat16"}
-
-
-def check_model_dtype(images: torch.Tensor, model: nn.Module, name: str = "images") -> None:
-    """ValueError unless ``images`` have the dtype of ``model``'s parameters (one rule for every
-    model: say what was given and how to fix it, never cast silently)."""
-    expected = next(model.parameters()).dtype
-    if images.dtype != expected:
-        given = str(images.dtype).replace("torch.", "")
-        fix = f"{name}.{_DTYPE_METHOD.get(expected, 'to')}()"
-        other = _DTYPE_METHOD.get(images.dtype)
-        raise ValueError(f"{name} are {given} but the model's parameters are "
-                         f"{str(expected).replace('torch.', '')}: pass {fix}"
-                         + (f" or model.{other}()" if other else ""))
 
 
 def check_targets(targets, images: torch.Tensor, num_classes: int) -> None:

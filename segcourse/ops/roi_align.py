@@ -18,6 +18,7 @@ mask heads' sizes -- it is a single call.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,33 @@ def as_rois(boxes, like: torch.Tensor) -> torch.Tensor:
 
 
 def _pair(size) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    pair = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                                 and s >= 1 for s in pair):
+        raise ValueError(f"output_size must be an int >= 1 or a pair (height, width) of them, "
+                         f"got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_rois(rois: torch.Tensor, boxes, num_images: int) -> None:
+    """Batch indices: integers in [0, num_images); coordinates finite -- an index outside the
+    batch would otherwise read another image's memory or crash deep inside embedding_bag."""
+    if isinstance(boxes, (list, tuple)) and len(boxes) != num_images:
+        raise ValueError(f"boxes is a list of {len(boxes)} per-image tensors but input holds "
+                         f"{num_images} image(s): pass one Tensor[L, 4] per image")
+    if rois.numel() == 0:
+        return
+    index = rois[:, 0]
+    bad = (index != index.round()) | (index < 0) | (index >= num_images) | ~torch.isfinite(index)
+    if bad.any():
+        k = int(bad.nonzero()[0])
+        raise ValueError(f"boxes[:, 0] must be integer batch indices in 0..{num_images - 1} "
+                         f"(input holds {num_images} image(s)), got {index[k].item()} in row {k}")
+    finite = torch.isfinite(rois[:, 1:]).all(dim=1)
+    if not finite.all():
+        k = int((~finite).nonzero()[0])
+        raise ValueError(f"boxes must have finite coordinates, got {rois[k, 1:].tolist()} in "
+                         f"row {k}")
 
 
 def _axis(bin_start, bin_size, grid, G, size):
@@ -141,9 +168,17 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
     if input.dtype in (torch.float16, torch.bfloat16):  # as torchvision under autocast: in float32
         return roi_align(input.float(), boxes, output_size, spatial_scale, sampling_ratio,
                          aligned).to(input.dtype)
+    PH, PW = _pair(output_size)
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real) \
+            or not 0 < spatial_scale < float("inf"):
+        raise ValueError(f"spatial_scale must be a positive number (feature size / image "
+                         f"size), got {spatial_scale!r}")
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral):
+        raise ValueError(f"sampling_ratio must be an int (<= 0: adaptive), got "
+                         f"{sampling_ratio!r}")
     rois = as_rois(boxes, input)
     N, C, H, W = input.shape
-    PH, PW = _pair(output_size)
+    _check_rois(rois, boxes, N)
     K = rois.shape[0]
     if K == 0:
         return input.new_zeros(0, C, PH, PW)

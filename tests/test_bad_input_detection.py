@@ -57,6 +57,13 @@ OPS = {
     "batched-nms-scores-shorter": (
         lambda: batched_nms(BOXES, torch.rand(2), torch.zeros(3, dtype=torch.long), 0.5),
         "scores"),
+    "nms-threshold-nan": (lambda: nms(BOXES, torch.rand(3), math.nan), "iou_threshold"),
+    "nms-threshold-negative": (lambda: nms(BOXES, torch.rand(3), -0.1), "iou_threshold"),
+    "nms-threshold-tensor-pair": (lambda: nms(BOXES, torch.rand(3), (0.5, 0.7)),
+                                  "iou_threshold"),
+    "batched-nms-threshold-above-1": (
+        lambda: batched_nms(BOXES, torch.rand(3), torch.zeros(3, dtype=torch.long), 1.5),
+        "iou_threshold"),
     "roi-align-batch-index-out-of-range": (
         lambda: roi_align(FEATURES, torch.tensor([[3.0, 0, 0, 4, 4]]), 2), r"boxes\[:, 0\]"),
     "roi-align-batch-index-negative": (
@@ -193,6 +200,7 @@ IMAGES = {
     "uint8-image": (lambda: torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "images"),
     "3d-image": (lambda: torch.rand(3, 64, 64), "images"),
     "too-small": (lambda: torch.rand(1, 3, 16, 64), "images"),
+    "empty-batch": (lambda: torch.rand(0, 3, 64, 64), "images"),
 }
 
 

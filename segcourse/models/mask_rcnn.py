@@ -148,6 +148,9 @@ class MaskRCNN(nn.Module):
         # a float32 model are a ValueError that says how to fix it (autocast lifts the check)
         check_images(images, self.config.in_channels, min_size=32, name="images",
                      dtype=next(self.parameters()).dtype)
+        if images.shape[0] == 0:
+            raise ValueError(f"images must hold at least one image, got shape "
+                             f"{tuple(images.shape)}")
         if not torch.isfinite(images).all():
             bad = int((~torch.isfinite(images)).sum())
             raise ValueError(f"images must be finite, got {bad} NaN or inf value(s) in images "

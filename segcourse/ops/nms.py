@@ -15,6 +15,8 @@ step per block, not per box.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .boxes import box_iou
@@ -24,7 +26,12 @@ __all__ = ["nms", "batched_nms"]
 _BLOCK = 256  # boxes per block: IoU matrices of at most [N, 256] floats (10 MB at N = 10,000)
 
 
-def _check(boxes, scores, idxs=None) -> None:
+def _check(boxes, scores, idxs=None, iou_threshold=0.5) -> None:
+    # IoU lies in [0, 1]: a NaN threshold would keep every box, a negative one remove all
+    # but one -- silently
+    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, numbers.Real) \
+            or not 0 <= iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be a number in [0, 1], got {iou_threshold!r}")
     if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
         shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
         raise ValueError(f"boxes must be a Tensor[N, 4], got {shape}")
@@ -80,7 +87,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     are visited in index order (a stable sort; torchvision leaves their order unspecified).
     Memory is O(N x 256), not O(N^2) (see the module docstring).
     """
-    _check(boxes, scores)
+    _check(boxes, scores, iou_threshold=iou_threshold)
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = scores.sort(descending=True, stable=True).indices
@@ -101,7 +108,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
     without a Python step per group, and exact -- the offset moves coordinates to ~1e5, where
     float32 rounds them to ~0.01 px and can flip a decision at the threshold.
     """
-    _check(boxes, scores, idxs)
+    _check(boxes, scores, idxs, iou_threshold)
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = scores.sort(descending=True, stable=True).indices

@@ -54,15 +54,15 @@ _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 
 def _plain(value, where: str):
     """``value`` as something ``torch.load(weights_only=True)`` gives back; else ValueError."""
-    if isinstance(value, _SCALARS):
+    if isinstance(value, np.generic):  # np.float64 is a float subclass: before the scalars
+        return value.item()
+    if type(value) in _SCALARS:  # exactly: an IntEnum or a str subclass would not load back
         return value
     if isinstance(value, torch.Tensor):
         if value.layout != torch.strided or value.is_quantized:
             raise ValueError(f"{where} is a {value.layout} tensor; checkpoints hold dense "
                              "tensors only: pass .to_dense() (or .dequantize())")
         return value.detach()
-    if isinstance(value, np.generic):  # np.float32(0.5), np.int64(3), np.bool_(True)
-        return value.item()
     if isinstance(value, np.ndarray):
         if value.dtype == object:
             raise ValueError(f"{where} is a NumPy array of Python objects; convert it to "
@@ -199,7 +199,7 @@ def _read(path: Path, map_location) -> dict:
         if isinstance(e, (PermissionError, FileNotFoundError, IsADirectoryError)):
             raise  # the file system's own errors say it best
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        if "weights only load failed" in str(e).lower():
+        if "weights only load failed" in str(e).lower() and zipfile.is_zipfile(path):
             raise ValueError(
                 f"path {str(path)!r} holds Python objects that weights_only loading refuses, "
                 "so it was not written by save_checkpoint; if you trust its source, read it with "

@@ -20,13 +20,17 @@ the metrics need (boolean masks, scores, labels, the panoptic map), on the CPU;
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
+from ._checks import check_count, check_images, check_logits_and_target
 from .data import panoptic_target
+from .losses import cross_entropy
 from .metrics import SegmentationMetric, mask_average_precision, panoptic_quality
 
 __all__ = ["make_loader", "to_device", "is_distributed", "evaluate", "predict",
@@ -40,24 +44,48 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def make_loader(data, batch_size: int, shuffle: bool, seed: int = 0, **kwargs) -> DataLoader:
-    """A ``DataLoader`` from a DataLoader (returned as is), a Dataset, or ``(images, masks)``.
-
-    A dataset with a ``collate_fn`` attribute batches with it: detection datasets, whose items
-    are ``(image, target dict)``, give ``(images, list of target dicts)`` that way. Under
-    torchrun, each process gets its own shard.
-    """
+def _as_dataset(data, name: str = "data"):
+    """``data`` as a DataLoader or a non-empty Dataset; ``ValueError`` naming ``name`` if it is
+    neither, if it is empty, or if a tuple's images and masks differ in number."""
     if isinstance(data, DataLoader):
         return data
     if (isinstance(data, (tuple, list)) and len(data) == 2
             and all(isinstance(t, torch.Tensor) for t in data)):
-        data = TensorDataset(*data)
+        images, masks = data
+        if images.dim() == 0 or masks.dim() == 0 or len(images) != len(masks):
+            raise ValueError(f"{name} = (images, masks) must hold as many masks as images, got "
+                             f"images of shape {tuple(images.shape)} and masks of shape "
+                             f"{tuple(masks.shape)}")
+        data = TensorDataset(images, masks)
     elif getattr(data, "transform", "absent") is None and hasattr(data, "tensors"):
         # An untransformed ShapesDataset: render once, then batch from memory (much faster).
         data = TensorDataset(*data.tensors())
     if not isinstance(data, Dataset):
-        raise ValueError("data must be a Dataset of (image, target), a DataLoader, or a tuple "
+        raise ValueError(f"{name} must be a Dataset of (image, target), a DataLoader, or a tuple "
                          f"(images, masks) of tensors; got {type(data).__name__}")
+    try:
+        size = len(data)
+    except TypeError:  # an IterableDataset without a length
+        size = None
+    if size == 0:
+        raise ValueError(f"{name} is empty (0 items): nothing to batch")
+    return data
+
+
+def make_loader(data, batch_size: int, shuffle: bool, seed: int = 0, *, name: str = "data",
+                **kwargs) -> DataLoader:
+    """A ``DataLoader`` from a DataLoader (returned as is), a Dataset, or ``(images, masks)``.
+
+    A dataset with a ``collate_fn`` attribute batches with it: detection datasets, whose items
+    are ``(image, target dict)``, give ``(images, list of target dicts)`` that way. Under
+    torchrun, each process gets its own shard. An empty dataset, a tuple whose images and masks
+    differ in number, or a ``batch_size`` that is not an int >= 1 is a ``ValueError`` naming
+    the argument (``name``: what the caller calls ``data``, e.g. ``"train_data"``).
+    """
+    data = _as_dataset(data, name)
+    if isinstance(data, DataLoader):
+        return data
+    check_count(batch_size, "batch_size")
     if getattr(data, "collate_fn", None) is not None:
         kwargs.setdefault("collate_fn", data.collate_fn)
     if is_distributed():
@@ -84,8 +112,59 @@ def to_device(batch, device: torch.device):
     return batch
 
 
-def _default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, target, ignore_index=255)
+def _default_loss(logits: torch.Tensor, target: torch.Tensor,
+                  ignore_index: int = 255) -> torch.Tensor:
+    """Cross-entropy over the pixels not labelled ``ignore_index``: ``segcourse.losses``'s
+    contract -- labels checked (a ``ValueError`` for a label >= K, a float or ``[N, 1, H, W]``
+    mask), and an all-ignored batch gives 0 with a gradient instead of NaN. On a batch with valid
+    pixels it is ``F.cross_entropy`` itself, so the numbers are bit for bit the ones torch gives
+    (``losses.cross_entropy`` sums in another order: equal to the last float bit or so)."""
+    check_logits_and_target(logits, target, ignore_index)
+    if bool((target != ignore_index).any()):
+        return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    return cross_entropy(logits, target, ignore_index=ignore_index)  # 0, connected to the graph
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s first floating-point parameter (None: it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def _check_semantic_batch(images, target, model: nn.Module, where: str,
+                          labels: bool = True, int64: bool = True) -> None:
+    """A semantic batch as the default loss and the metrics need it: float images ``[B, C, H,
+    W]`` of the model's dtype and (``labels``) integer masks ``[B, H, W]`` of the same B, H, W
+    (int64, what cross-entropy indexes with, unless ``int64=False``: a custom loss decides).
+    ``where`` names the data in the message (``"train_data"``, ``"images"``)."""
+    try:
+        check_images(images, name="images", dtype=_param_dtype(model))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not labels:
+        return
+    if not isinstance(target, torch.Tensor):
+        raise ValueError(f"{where}: masks must be a tensor of labels [N, H, W], got "
+                         f"{type(target).__name__}")
+    expected = (images.shape[0], *images.shape[2:])
+    if target.dim() == 4 and target.shape[1] == 1:
+        raise ValueError(f"{where}: masks must have shape [N, H, W] = {expected}, got "
+                         f"{tuple(target.shape)} (a channel dimension): pass masks[:, 0]")
+    if tuple(target.shape) != expected:
+        raise ValueError(f"{where}: masks must have shape [N, H, W] = {expected} (matching the "
+                         f"images {tuple(images.shape)}), got {tuple(target.shape)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool or (
+            int64 and target.dtype != torch.int64):
+        hint = " (labels, not probabilities)" if target.is_floating_point() else ""
+        raise ValueError(f"{where}: masks must be integer labels of dtype torch.int64, got "
+                         f"{target.dtype}{hint}: pass masks.long()")
+
+
+def _autocast(device: torch.device, enabled: bool):
+    """float16 autocast on CUDA when ``enabled``; otherwise no context at all (CPU autocast
+    supports bfloat16 only, and older torch versions warn about or refuse float16 there)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16)
 
 
 # --- semantic models ------------------------------------------------------------------------------
@@ -99,17 +178,33 @@ def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
     Returns ``{"miou", "pixel_accuracy", "mean_accuracy", "iou" (tensor[K], NaN = absent),
     "confusion_matrix", "loss"}``. The model's train/eval mode is restored afterwards. Under
     torchrun every process scores its shard and the matrices are summed.
+
+    The default loss is :func:`_default_loss` (cross-entropy ignoring ``ignore_index``). Masks
+    must be ``[N, H, W]`` integer labels (int64 with the default loss), images the dtype of the
+    model's parameters; anything else, an empty ``data`` or ``amp=True`` on the CPU is a
+    ``ValueError`` saying what was given and what is expected.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if num_classes is not None:
+        check_count(num_classes, "num_classes")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     use_amp = device.type == "cuda" if amp is None else bool(amp)
-    loss_fn = loss_fn or _default_loss
+    if use_amp and device.type != "cuda":
+        raise ValueError("amp=True needs a CUDA device; on CPU evaluate in float32")
+    default_loss = loss_fn is None
+    if default_loss:
+        def loss_fn(logits, target):
+            return _default_loss(logits, target, ignore_index)
+    loader = make_loader(data, batch_size, shuffle=False)
     was_training = model.training
     model.eval()
     metric, total_loss, count = None, 0.0, 0
     try:
-        for images, target in make_loader(data, batch_size, shuffle=False):
+        for images, target in loader:
             images, target = images.to(device), target.to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            _check_semantic_batch(images, target, model, "data", int64=default_loss)
+            with _autocast(device, use_amp):
                 logits = model(images)
             logits = logits.float()
             if metric is None:
@@ -137,7 +232,7 @@ def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
         metric.cm = cm.cpu()
         total_loss, count = float(totals[0]), int(totals[1])
     if metric is None or count == 0:
-        raise ValueError("evaluate() got an empty dataset")
+        raise ValueError("data gives no batch: evaluate() got an empty dataset")
     scores = metric.compute()
     scores["loss"] = total_loss / count
     return scores
@@ -146,7 +241,20 @@ def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 32,
             device: str | torch.device | None = None, return_probs: bool = False) -> torch.Tensor:
-    """Predicted labels ``[N, H, W]`` (or softmax probabilities ``[N, K, H, W]``), on the CPU."""
+    """Predicted labels ``[N, H, W]`` (or softmax probabilities ``[N, K, H, W]``), on the CPU.
+
+    ``images``: a float tensor ``[N, C, H, W]`` (N >= 1) of the model's dtype; ``batch_size``
+    an int >= 1 -- otherwise a ``ValueError`` naming the argument.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_count(batch_size, "batch_size")
+    try:
+        check_images(images, name="images", dtype=_param_dtype(model))
+    except ValueError as e:
+        raise ValueError(f"predict: {e}") from None
+    if images.shape[0] == 0:
+        raise ValueError(f"images is empty: shape {tuple(images.shape)}, expected N >= 1 images")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -53,8 +53,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.std import tqdm
 
+from ._checks import check_count
 from .checkpoints import load_checkpoint, save_checkpoint
-from .evaluate import _default_loss, evaluate, is_distributed, make_loader, predict, to_device
+from .evaluate import (
+    _as_dataset,
+    _autocast,
+    _check_semantic_batch,
+    _default_loss,
+    _param_dtype,
+    evaluate,
+    is_distributed,
+    make_loader,
+    predict,
+    to_device,
+)
 
 __all__ = ["fit", "evaluate", "predict", "History", "get_device", "seed_everything",
            "save_checkpoint", "load_checkpoint", "make_loader", "to_device", "lr_factor",
@@ -148,17 +160,33 @@ def lr_factor(step: int, total_steps: int, scheduler: str | None, warmup_steps: 
     return 0.5 * (1 + math.cos(math.pi * (step - start) / max(total_steps - start, 1)))
 
 
-def _losses(net, model, batch, step, loss_fn, autocast) -> dict[str, torch.Tensor]:
+def grad_scaler(enabled: bool):
+    """A CUDA ``GradScaler``: ``torch.amp.GradScaler("cuda")`` (torch >= 2.3), else the older
+    ``torch.cuda.amp.GradScaler`` (torch 2.1, 2.2), which newer versions deprecate."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def _losses(net, model, batch, step, loss_fn, autocast,
+            check_masks: bool = False) -> dict[str, torch.Tensor]:
     """The named losses of one batch, by one of the three contracts of :func:`fit`."""
     if step is not None:
         with autocast():
             out, source = step(net, batch), "step"
     elif getattr(model, "returns_losses", False):
         images, targets = batch
+        expected = _param_dtype(model)  # the model checks the rest; the dtype, before autocast
+        if (isinstance(images, torch.Tensor) and images.is_floating_point()
+                and expected is not None and images.dtype != expected):
+            raise ValueError(f"train_data: images are {images.dtype} but the model's parameters "
+                             f"are {expected}: pass images.to({expected}) or model.to("
+                             f"{images.dtype})")
         with autocast():
             out, source = net(images, targets), "model(images, targets)"
     else:
         images, target = batch
+        _check_semantic_batch(images, target, model, "train_data", labels=check_masks)
         with autocast():
             logits = net(images)
         out, source = {"loss": loss_fn(logits.float(), target)}, "loss_fn"
@@ -191,7 +219,10 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
     Where the losses come from -- three cases:
 
     1. **Semantic models** (the default): ``model(images)`` gives logits ``[B, K, H, W]`` and the
-       loss is ``loss_fn(logits, masks)`` (cross-entropy ignoring 255 unless given).
+       loss is ``loss_fn(logits, masks)``; by default cross-entropy ignoring ``ignore_index``
+       with ``segcourse.losses``' contract: labels checked, and a batch whose pixels are all
+       ignored gives 0 with a gradient (torch's ``F.cross_entropy`` gives NaN), so the history
+       stays finite. With the default loss the masks must be int64 ``[N, H, W]``.
     2. **Models that return their losses**, marked by the class attribute
        ``returns_losses = True`` (Mask R-CNN, Panoptic FPN): in training mode
        ``model(images, targets)`` returns a dict of named scalar losses, e.g.
@@ -200,6 +231,11 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
        trainers with their own logic (click simulation, several forward passes). It gets the
        batch already on the device and the module to call -- under torchrun the
        ``DistributedDataParallel`` wrapper (the model itself is its ``.module``).
+
+    Bad data is a ``ValueError`` at the first batch, naming ``train_data`` or ``val_data``: an
+    empty dataset, a tuple ``(images, masks)`` of different N, masks ``[N, 1, H, W]`` or of a
+    float / uint8 dtype, images whose dtype is not the model's (``images.float()`` or
+    ``model.double()``, the message says which).
 
     The losses are summed into the one that is back-propagated; each is also averaged per epoch
     into ``history[name]`` (when there is more than the single ``"loss"``). A non-finite loss
@@ -243,13 +279,24 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
     if val_data is not None and evaluator is None and returns_losses:
         raise ValueError(f"{type(model).__name__} returns losses, not logits: pass an evaluator "
                          "for val_data (e.g. segcourse.evaluate.evaluate_panoptic)")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_count(batch_size, "batch_size")
+    if val_data is not None and evaluator is None:
+        _as_dataset(val_data, "val_data")  # before training, not after the first epoch
     device = torch.device(device) if device is not None else get_device()
     use_amp = device.type == "cuda" if amp is None else bool(amp)
     if use_amp and device.type != "cuda":
         raise ValueError("amp=True needs a CUDA device; on CPU train in float32")
+    if use_amp and _param_dtype(model) not in (torch.float32, None):
+        raise ValueError(f"amp=True trains a float32 model in mixed precision; the model's "
+                         f"parameters are {_param_dtype(model)}: pass model.float() or amp=False")
     torch.manual_seed(seed)
-    loss_fn = loss_fn or _default_loss
-    loader = make_loader(train_data, batch_size, shuffle=True, seed=seed)
+    check_masks = loss_fn is None  # a custom loss decides what its targets are
+    if loss_fn is None:
+        def loss_fn(logits, target):
+            return _default_loss(logits, target, ignore_index)
+    loader = make_loader(train_data, batch_size, shuffle=True, seed=seed, name="train_data")
     if len(loader) == 0:
         raise ValueError("train_data gives no batch (empty, or fewer items than processes)")
     total_steps = min(epochs * len(loader) if epochs else max_steps, max_steps or math.inf)
@@ -265,10 +312,10 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = grad_scaler(use_amp)
 
     def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp)
+        return _autocast(device, use_amp)
 
     history = History()
     # 80 columns, the book's width (tqdm trims the line to ncols); no rate, the clock says it
@@ -290,7 +337,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(done, total_steps, scheduler, warmup_steps)
             batch = to_device(batch, device)
-            losses = _losses(net, model, batch, step, loss_fn, autocast)
+            losses = _losses(net, model, batch, step, loss_fn, autocast, check_masks)
             loss = sum(v.float() for v in losses.values())
             # one transfer for every logged number (a GPU sync per step, as any loss print)
             values = torch.stack([loss.detach(), *(v.detach().float().reshape(())

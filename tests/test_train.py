@@ -332,3 +332,28 @@ def test_fit_refuses_bad_loss_contracts_and_schedules():
         fit(model, data, step=lambda net, batch: {"loss_a": net.w.sum(),
                                                   "loss_b": net.w.sum() / 0},
             progress=False, device="cpu")
+
+
+def test_grad_scaler_falls_back_before_torch_2_3(monkeypatch):
+    import warnings
+
+    from segcourse.train import grad_scaler
+
+    assert grad_scaler(False).is_enabled() is False
+    # torch 2.1 / 2.2: no torch.amp.GradScaler, only torch.cuda.amp.GradScaler
+    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # newer torch deprecates torch.cuda.amp.GradScaler
+        scaler = grad_scaler(False)
+    assert isinstance(scaler, torch.cuda.amp.GradScaler) and not scaler.is_enabled()
+
+
+def test_cpu_runs_never_enter_float16_autocast(monkeypatch, data):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.autocast called on the CPU")
+
+    monkeypatch.setattr(torch, "autocast", refuse)
+    model = tiny_model()
+    fit(model, data[1], data[1], epochs=1, batch_size=16, progress=False, device="cpu")
+    evaluate(model, data[1], device="cpu")
+    predict(model, data[1].tensors()[0], device="cpu")

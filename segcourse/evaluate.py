@@ -120,6 +120,9 @@ def _default_loss(logits: torch.Tensor, target: torch.Tensor,
     pixels it is ``F.cross_entropy`` itself, so the numbers are bit for bit the ones torch gives
     (``losses.cross_entropy`` sums in another order: equal to the last float bit or so)."""
     check_logits_and_target(logits, target, ignore_index)
+    if target.dtype != torch.int64:  # F.cross_entropy's own message names nothing of ours
+        raise ValueError(f"masks must be integer labels of dtype torch.int64, got "
+                         f"{target.dtype}: pass masks.long()")
     if bool((target != ignore_index).any()):
         return F.cross_entropy(logits, target, ignore_index=ignore_index)
     return cross_entropy(logits, target, ignore_index=ignore_index)  # 0, connected to the graph

@@ -377,9 +377,14 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
         history["lr"].append(optimizer.param_groups[0]["lr"])
         if val_data is not None:
             if evaluator is None:
-                scores = evaluate(model, val_data, num_classes, device=device,
-                                  batch_size=max(batch_size, 32), ignore_index=ignore_index,
-                                  loss_fn=loss_fn, amp=use_amp)
+                try:
+                    scores = evaluate(model, val_data, num_classes, device=device,
+                                      batch_size=max(batch_size, 32), ignore_index=ignore_index,
+                                      loss_fn=None if check_masks else loss_fn, amp=use_amp)
+                except ValueError as e:  # evaluate's "data: ..." is fit's val_data
+                    if not str(e).startswith("data"):
+                        raise
+                    raise ValueError("val_data" + str(e)[len("data"):]) from None
             else:
                 scores = evaluator(model, val_data)
             numbers = {k: float(v) for k, v in scores.items()

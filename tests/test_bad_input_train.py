@@ -64,6 +64,12 @@ CASES = {
     "fit empty train_data (tuple)": (lambda: run_fit(EMPTY), r"train_data is empty"),
     "fit empty train_data (Dataset)": (lambda: run_fit(TensorDataset(*EMPTY)),
                                        r"train_data is empty"),
+    "fit uint8 val masks": (lambda: run_fit((images(), masks()),
+                                            val_data=(images(), masks(dtype=torch.uint8))),
+                            r"val_data: masks .*torch.int64, got torch.uint8"),
+    "evaluate int32 masks": (
+        lambda: evaluate(tiny(), (images(), masks(dtype=torch.int32)), loss_fn=None),
+        r"masks .*torch.int64, got torch.int32"),
     "fit empty val_data": (lambda: run_fit((images(), masks()), val_data=EMPTY),
                            r"val_data is empty"),
     "fit val_data not data": (lambda: run_fit((images(), masks()), val_data=[1, 2]),

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "check_count", "check_images", "check_labels",
-           "check_logits_and_target", "check_model_input", "check_same_shape"]
+__all__ = ["as_tensor", "check_count", "check_image_mask", "check_images", "check_labels",
+           "check_logits_and_target", "check_model_input", "check_same_shape", "check_size"]
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
@@ -146,3 +146,32 @@ def check_class_ids(ids, name: str, allow_empty: bool = False) -> tuple[int, ...
     if not ids and not allow_empty:
         raise ValueError(f"{name} must name at least one class, got {ids}")
     return ids
+
+
+def check_size(size, name: str = "size", minimum: int = 1) -> tuple[int, int]:
+    """``size`` (an int or a pair ``(H, W)`` of ints >= ``minimum``) as ``(H, W)``."""
+    pair = (size, size) if isinstance(size, (int, np.integer)) else size
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or any(isinstance(s, (bool, np.bool_))
+                             or not isinstance(s, (int, np.integer)) for s in pair):
+        raise ValueError(f"{name} must be an int or a pair (H, W) of ints, got {size!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be at least {minimum} pixels, got {tuple(pair)}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_image_mask(image: torch.Tensor, mask: torch.Tensor, image_name: str = "image",
+                     mask_name: str = "mask") -> None:
+    """An image ``[C, H, W]`` and its mask ``[H, W]`` of the same size (the joint transforms)."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{image_name} must be a tensor [C, H, W], got {shape}")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{mask_name} must be a tensor [H, W], got {shape}")
+    if image.shape[-2:] != mask.shape:
+        raise ValueError(f"{image_name} and {mask_name} must have the same height and width, got "
+                         f"{image_name} {tuple(image.shape)} and {mask_name} {tuple(mask.shape)}")

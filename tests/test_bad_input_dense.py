@@ -94,3 +94,124 @@ def test_resnet_refuses_images_of_another_dtype():
         resnet(18)(torch.rand(1, 3, 32, 32, dtype=torch.float64))
     with pytest.raises(ValueError, match="in_channels"):
         resnet(18, in_channels=0)
+
+
+# --- data and transforms -----------------------------------------------------------------------
+
+from segcourse.data import (  # noqa: E402
+    Normalize,
+    OxfordPets,
+    RandomHorizontalFlip,
+    RandomScaleCrop,
+    Resize,
+    ShapesDataset,
+    resize_pair,
+)
+
+PAIR_TRANSFORMS = {
+    "resize_pair": lambda i, m: resize_pair(i, m, (24, 24)),
+    "Resize": Resize(24),
+    "RandomHorizontalFlip": RandomHorizontalFlip(1.0),
+    "RandomScaleCrop": RandomScaleCrop(24),
+    "Normalize": Normalize(),
+}
+
+
+@pytest.mark.parametrize("name", PAIR_TRANSFORMS)
+@pytest.mark.parametrize("mask_shape", [(16, 16), (32, 31), (1, 32, 32)])
+def test_transform_refuses_a_mask_of_another_size(name, mask_shape):
+    image, mask = torch.rand(3, 32, 32), torch.zeros(mask_shape, dtype=torch.long)
+    with pytest.raises(ValueError, match="mask"):
+        PAIR_TRANSFORMS[name](image, mask)
+
+
+@pytest.mark.parametrize("name", PAIR_TRANSFORMS)
+def test_transform_refuses_a_batched_image(name):
+    with pytest.raises(ValueError, match="image"):
+        PAIR_TRANSFORMS[name](torch.rand(1, 3, 32, 32), torch.zeros(32, 32, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", PAIR_TRANSFORMS)
+def test_transform_keeps_valid_pairs_aligned(name):
+    torch.manual_seed(0)
+    image, mask = torch.rand(3, 32, 32), torch.randint(0, 3, (32, 32))
+    out_image, out_mask = PAIR_TRANSFORMS[name](image, mask)
+    assert out_image.shape[-2:] == out_mask.shape and torch.isfinite(out_image).all()
+
+
+def test_normalize_refuses_a_channel_count_it_was_not_given():
+    with pytest.raises(ValueError, match="image has 1 channel.*mean and std have 3"):
+        Normalize()(torch.rand(1, 32, 32), torch.zeros(32, 32, dtype=torch.long))
+    out, _ = Normalize(mean=(0.5,), std=(0.5,))(torch.rand(1, 8, 8), torch.zeros(8, 8).long())
+    assert out.shape == (1, 8, 8)  # one entry serves every channel (documented)
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(mean=(0.5, 0.5), std=(0.2, 0.2, 0.2)), "mean and std"),
+    (dict(std=(0.2, 0.0, 0.2)), "std"), (dict(mean=()), "mean"), (dict(mean="rgb"), "mean"),
+    (dict(std=((0.2,),)), "std"), (dict(mean=(float("nan"),) * 3), "mean")])
+def test_normalize_refuses_bad_statistics(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        Normalize(**kwargs)
+
+
+@pytest.mark.parametrize("make, argument", [
+    (lambda: Resize(0), "size"), (lambda: Resize(2.5), "size"), (lambda: Resize((8,)), "size"),
+    (lambda: RandomScaleCrop(-4), "size"), (lambda: RandomScaleCrop(8, (2.0, 0.5)), "scale"),
+    (lambda: RandomScaleCrop(8, (0.0, 1.0)), "scale"), (lambda: RandomScaleCrop(8, 1.0), "scale"),
+    (lambda: RandomHorizontalFlip(1.5), "p"), (lambda: RandomHorizontalFlip("yes"), "p"),
+    (lambda: resize_pair(torch.rand(3, 8, 8), torch.zeros(8, 8).long(), (0, 4)), "size"),
+    (lambda: resize_pair(torch.rand(3, 8, 8), torch.zeros(8, 8).long(), (4.5, 4)), "size")])
+def test_transform_constructors_refuse_nonsense(make, argument):
+    with pytest.raises(ValueError, match=argument):
+        make()
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(num_samples=-1), "num_samples"), (dict(num_samples=2.7), "num_samples"),
+    (dict(num_samples=0), "num_samples"), (dict(num_samples=True), "num_samples"),
+    (dict(num_samples="10"), "num_samples"), (dict(size=4), "size"), (dict(size=32.5), "size"),
+    (dict(size=(32, 32, 3)), "size"), (dict(size="64"), "size"), (dict(num_things=0), "num_things"),
+    (dict(num_things=6), "num_things"), (dict(num_things=2.0), "num_things"),
+    (dict(max_instances=0), "max_instances"), (dict(max_instances=1.5), "max_instances"),
+    (dict(seed=-1), "seed"), (dict(seed=0.5), "seed"), (dict(noise=-0.1), "noise"),
+    (dict(noise=float("nan")), "noise"), (dict(void_border=-1), "void_border"),
+    (dict(void_border=1.5), "void_border")])
+def test_shapes_dataset_refuses_nonsense(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        ShapesDataset(**{"num_samples": 2, "size": 32, **kwargs})
+
+
+def test_shapes_dataset_accepts_numpy_counts():
+    ds = ShapesDataset(np.int64(2), size=(np.int64(32), 40), num_things=np.int64(2))
+    image, mask = ds[1]
+    assert len(ds) == 2 and image.shape == (3, 32, 40) and mask.shape == (32, 40)
+
+
+def _fake_pets(root, trimap_size):
+    from PIL import Image
+    (root / "images").mkdir()
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(root / "images" / "cat_1.jpg")
+    Image.fromarray(np.full(trimap_size, 2, np.uint8)).save(
+        root / "annotations" / "trimaps" / "cat_1.png")
+    (root / "annotations" / "trainval.txt").write_text("cat_1 1 1 1\n")
+    return root
+
+
+@pytest.mark.parametrize("size", [None, 16])
+def test_pets_refuses_a_trimap_of_another_size(tmp_path, size):
+    ds = OxfordPets(_fake_pets(tmp_path, (20, 40)), size=size)
+    with pytest.raises(ValueError, match=r"cat_1\.png is 40 x 20"):
+        ds[0]
+
+
+@pytest.mark.parametrize("size", [0, 2.5, (16,), "big"])
+def test_pets_refuses_a_bad_size(tmp_path, size):
+    with pytest.raises(ValueError, match="size"):
+        OxfordPets(_fake_pets(tmp_path, (30, 40)), size=size)
+
+
+def test_pets_reads_a_matching_pair(tmp_path):
+    image, mask = OxfordPets(_fake_pets(tmp_path, (30, 40)), size=None)[0]
+    assert image.shape == (3, 30, 40) and mask.shape == (30, 40) and (mask == 0).all()

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .._checks import check_size
 from .shapes import IGNORE_INDEX
 from .transforms import resize_pair
 
@@ -66,7 +67,8 @@ class OxfordPets(Dataset):
         root: folder with ``images/`` and ``annotations/`` (see the module docstring).
         split: ``"trainval"`` (3,680 images) or ``"test"`` (3,669 images).
         size: every sample is resized to ``size x size`` (or ``(H, W)``) so batches stack;
-            ``None`` keeps the original resolution.
+            ``None`` keeps the original resolution. A trimap whose size differs from its
+            photo's is a ``ValueError`` naming the file (never resized into agreement).
         download: fetch the archives first if ``root`` lacks them (needs the network).
         transform: optional joint ``(image, mask) -> (image, mask)`` applied after resizing.
     """
@@ -91,7 +93,7 @@ class OxfordPets(Dataset):
         self.names = [line.split()[0] for line in listing.read_text().splitlines()
                       if line.strip() and not line.startswith("#")]
         self.split = split
-        self.size = (size, size) if isinstance(size, int) else size
+        self.size = None if size is None else check_size(size)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -100,10 +102,16 @@ class OxfordPets(Dataset):
     def __getitem__(self, index: int):
         name = self.names[index]
         # .convert("RGB"): a few files are greyscale, RGBA or CMYK despite the .jpg name.
-        with Image.open(self.root / "images" / f"{name}.jpg") as im:
+        image_file = self.root / "images" / f"{name}.jpg"
+        trimap_file = self.root / "annotations" / "trimaps" / f"{name}.png"
+        with Image.open(image_file) as im:
             image = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
-        with Image.open(self.root / "annotations" / "trimaps" / f"{name}.png") as tm:
+        with Image.open(trimap_file) as tm:
             trimap = np.asarray(tm, dtype=np.int64)
+        if trimap.shape != tuple(image.shape[:2]):  # resizing both would hide a wrong pairing
+            raise ValueError(f"{trimap_file} is {trimap.shape[1]} x {trimap.shape[0]} (W x H) but "
+                             f"its image {image_file} is {image.shape[1]} x {image.shape[0]}: a "
+                             "trimap must have its photo's size")
         mask = np.full(trimap.shape, IGNORE_INDEX, dtype=np.int64)
         for value, cls in _TRIMAP_TO_CLASS.items():
             mask[trimap == value] = cls

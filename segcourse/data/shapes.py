@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import check_count, check_size
+
 __all__ = ["ShapesDataset", "ShapesSample", "SHAPES_CLASSES", "SHAPES_PALETTE", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
@@ -83,13 +85,17 @@ class ShapesDataset(Dataset):
     def __init__(self, num_samples: int = 1000, size: int | tuple[int, int] = 64,
                  num_things: int = 3, max_instances: int = 5, seed: int = 0,
                  noise: float = 0.06, void_border: int = 0, transform=None):
+        num_samples = check_count(num_samples, "num_samples")
+        num_things = check_count(num_things, "num_things")
         if not 1 <= num_things <= len(THING_NAMES):
             raise ValueError(f"num_things must be in 1..{len(THING_NAMES)}, got {num_things}")
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        if min(height, width) < 8:
-            raise ValueError(f"size must be at least 8 pixels, got {(height, width)}")
-        if max_instances < 1:
-            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        height, width = check_size(size, "size", minimum=8)
+        max_instances = check_count(max_instances, "max_instances")
+        check_count(seed, "seed", minimum=0)
+        check_count(void_border, "void_border", minimum=0)
+        if (isinstance(noise, bool) or not isinstance(noise, (int, float, np.floating))
+                or not noise >= 0):
+            raise ValueError(f"noise must be a number >= 0, got {noise!r}")
         self.num_samples = int(num_samples)
         self.size = (height, width)
         self.num_things = num_things

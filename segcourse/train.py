@@ -282,6 +282,12 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     check_count(batch_size, "batch_size")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float))
+                                      and not isinstance(grad_clip, bool) and grad_clip > 0):
+        raise ValueError(f"grad_clip must be a number > 0 or None, got {grad_clip!r}")
+    if checkpoint is not None and Path(checkpoint).is_dir():  # refused now, not after training
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is a directory; give a file name, "
+                         f"e.g. {str(Path(checkpoint) / 'model.pt')!r}")
     if val_data is not None and evaluator is None:
         _as_dataset(val_data, "val_data")  # before training, not after the first epoch
     device = torch.device(device) if device is not None else get_device()

@@ -7,6 +7,7 @@ thing with no NaN. Issue 12: "validate arguments once, where the user's call ent
 
 import dataclasses
 import math
+import tempfile
 
 import numpy as np
 import pytest
@@ -83,6 +84,10 @@ CASES = {
                            r"images must be a floating-point tensor"),
     "fit batch_size=0": (lambda: run_fit((images(), masks()), batch_size=0), r"batch_size"),
     "fit batch_size=2.5": (lambda: run_fit((images(), masks()), batch_size=2.5), r"batch_size"),
+    "fit grad_clip=0": (lambda: run_fit((images(), masks()), grad_clip=0), r"grad_clip"),
+    "fit checkpoint onto a directory": (
+        lambda: run_fit((images(), masks()), checkpoint=tempfile.gettempdir()),
+        r"checkpoint .* is a directory"),
     "fit model not a module": (lambda: run_fit((images(), masks()), model="unet"), r"model"),
     # evaluate
     "evaluate masks [N, 1, H, W]": (lambda: evaluate(tiny(), (images(), masks()[:, None])),

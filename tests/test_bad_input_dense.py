@@ -215,3 +215,83 @@ def test_pets_refuses_a_bad_size(tmp_path, size):
 def test_pets_reads_a_matching_pair(tmp_path):
     image, mask = OxfordPets(_fake_pets(tmp_path, (30, 40)), size=None)[0]
     assert image.shape == (3, 30, 40) and mask.shape == (30, 40) and (mask == 0).all()
+
+
+# --- viz ---------------------------------------------------------------------------------------
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from segcourse import viz  # noqa: E402
+
+PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], dtype=np.uint8)
+IMAGES = torch.rand(2, 3, 16, 16)
+MASKS = torch.randint(0, 3, (2, 16, 16))
+
+VIZ_MISMATCHES = {
+    "show_predictions: masks N": (lambda: viz.show_predictions(IMAGES, MASKS[:1], palette=PALETTE),
+                                  "masks holds 1 label maps but images holds 2"),
+    "show_predictions: masks size": (
+        lambda: viz.show_predictions(IMAGES, MASKS[..., :8], palette=PALETTE), r"masks\[0\]"),
+    "show_predictions: preds N": (
+        lambda: viz.show_predictions(IMAGES, MASKS, MASKS[:1], palette=PALETTE), "preds holds 1"),
+    "show_predictions: preds size": (
+        lambda: viz.show_predictions(IMAGES, MASKS, {"net": MASKS[..., :8]}, palette=PALETTE),
+        r"preds\['net'\]\[0\]"),
+    "show_predictions: palette short": (
+        lambda: viz.show_predictions(IMAGES, MASKS, palette=PALETTE[:2]), "palette"),
+    "show_predictions: palette shape": (
+        lambda: viz.show_predictions(IMAGES, MASKS, palette=[1, 2, 3]), "palette"),
+    "colorize: palette short": (lambda: viz.colorize(MASKS[0], PALETTE[:1]), "palette"),
+    "colorize: palette values": (lambda: viz.colorize(MASKS[0], [[0, 0, 300]] * 3), "palette"),
+    "colorize: negative label": (lambda: viz.colorize(MASKS[0] - 1, PALETTE), "mask"),
+    "overlay: mask size": (lambda: viz.overlay(IMAGES[0], MASKS[0, :8], PALETTE), "mask"),
+    "overlay: palette short": (lambda: viz.overlay(IMAGES[0], MASKS[0], PALETTE[:2]), "palette"),
+    "show_model_predictions: masks N": (
+        lambda: viz.show_model_predictions(IMAGES, MASKS[:1], {"a": MASKS[:1]}, PALETTE),
+        "masks holds 1"),
+    "show_model_predictions: masks size": (
+        lambda: viz.show_model_predictions(IMAGES[..., :8], MASKS, {"a": MASKS}, PALETTE),
+        r"masks\[0\]"),
+    "show_attention_gates: masks N": (
+        lambda: viz.show_attention_gates(IMAGES, [torch.rand(2, 1, 16, 16)] * 3, MASKS[:1]),
+        "masks holds 1"),
+    "show_augmented: pair sizes": (
+        lambda: viz.show_augmented([(IMAGES[0], MASKS[0, :8])], PALETTE), r"pairs\[0\] mask"),
+    "show_labels: target size": (
+        lambda: viz.show_labels(IMAGES[0], {"a": MASKS[0]}, PALETTE, target=MASKS[0, :8]),
+        "target"),
+    "show_labels: palette short": (
+        lambda: viz.show_labels(IMAGES[0], {"a": MASKS[0]}, PALETTE[:2]), "palette"),
+    "crf_figure: mask size": (
+        lambda: viz.crf_figure(IMAGES[0], torch.rand(3, 16, 16).softmax(0), MASKS[0, :8],
+                               PALETTE), "mask"),
+    "crf_figure: probs size": (
+        lambda: viz.crf_figure(IMAGES[0], torch.rand(3, 8, 8).softmax(0), MASKS[0], PALETTE),
+        "probs"),
+    "plot_boundary_errors: preds shape": (
+        lambda: viz.plot_boundary_errors({"a": MASKS[:1]}, MASKS, MASKS > 0), r"preds\['a'\]"),
+}
+
+
+@pytest.mark.parametrize("case", VIZ_MISMATCHES)
+def test_viz_refuses_mismatched_inputs(case):
+    call, match = VIZ_MISMATCHES[case]
+    try:
+        with pytest.raises(ValueError, match=match):
+            call()
+    finally:
+        plt.close("all")
+
+
+def test_viz_valid_inputs_still_draw():
+    figs = [viz.show_predictions(IMAGES, MASKS, {"net": MASKS}, palette=PALETTE),
+            viz.show_model_predictions(IMAGES, MASKS, {"a": MASKS}, PALETTE),
+            viz.show_augmented([(IMAGES[0], MASKS[0])], PALETTE),
+            viz.show_attention_gates(IMAGES, [torch.rand(2, 1, 16, 16)] * 3, MASKS)]
+    assert all(len(f.axes) for f in figs)
+    out = viz.overlay(IMAGES[0], MASKS[0], PALETTE)
+    assert out.shape == (16, 16, 3) and np.isfinite(out).all()
+    plt.close("all")

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+from ._checks import check_batch
 from .masks import colorize, legend_patches, to_numpy_image
 
 __all__ = ["plot_compute_split", "plot_accuracy_vs_cost", "plot_iou_per_class",
@@ -108,6 +109,7 @@ def show_model_predictions(images, masks, preds: dict, palette, classes=None,
     """
     if not isinstance(preds, dict) or not preds:
         raise ValueError("preds must be a non-empty dict {model name: labels [N, H, W]}")
+    check_batch(images, {"masks": masks})
     for name, labels in preds.items():
         if tuple(labels.shape) != tuple(masks.shape):
             raise ValueError(f"preds[{name!r}] has shape {tuple(labels.shape)}, "

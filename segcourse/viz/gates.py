@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ._checks import check_batch
 from .masks import _np, to_numpy_image
 
 __all__ = ["show_attention_gates"]
@@ -35,6 +36,8 @@ def show_attention_gates(images: torch.Tensor, attention_maps, masks=None,
         if len(attention_maps[level]) != n:
             raise ValueError(f"attention_maps[{level}] holds {len(attention_maps[level])} maps "
                              f"for {n} images")
+    if masks is not None:
+        check_batch(images, {"masks": masks})
     cols = 1 + len(levels)
     fig, axes = plt.subplots(n, cols, figsize=(2.4 * cols, 2.35 * n), squeeze=False)
     extent = (-0.5, W - 0.5, H - 0.5, -0.5)  # every level over the image's pixels

@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ._checks import check_batch, check_labels_match, check_palette
+
 __all__ = ["colorize", "overlay", "to_numpy_image", "show_predictions", "legend_patches"]
 
 IGNORE_COLOUR = np.array([255, 255, 255], dtype=np.uint8)  # ignore pixels show white
@@ -18,12 +20,17 @@ def _np(x) -> np.ndarray:
 def colorize(mask, palette, ignore_index: int = 255) -> np.ndarray:
     """Label map ``[H, W]`` -> RGB ``uint8 [H, W, 3]`` using ``palette[class]``; ignore is white."""
     mask = _np(mask).astype(np.int64)
-    palette = np.asarray(palette, dtype=np.uint8)
+    palette = check_palette(palette)
     out = np.empty(mask.shape + (3,), dtype=np.uint8)
     ignore = mask == ignore_index
     valid = ~ignore
-    if valid.any() and (mask[valid].min() < 0 or mask[valid].max() >= len(palette)):
-        raise ValueError(f"mask has labels outside the palette's {len(palette)} classes")
+    if valid.any() and mask[valid].min() < 0:
+        raise ValueError(f"mask has negative label {mask[valid].min()} (labels are 0 .. K-1 or "
+                         f"ignore_index={ignore_index})")
+    if valid.any() and mask[valid].max() >= len(palette):
+        raise ValueError(f"mask has labels outside the palette's {len(palette)} classes: label "
+                         f"{mask[valid].max()} needs a palette of at least "
+                         f"{mask[valid].max() + 1} colours")
     out[valid] = palette[mask[valid]]
     out[ignore] = IGNORE_COLOUR
     return out
@@ -39,6 +46,7 @@ def to_numpy_image(image) -> np.ndarray:
 
 def overlay(image, mask, palette, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
     """Blend the coloured mask over the image (ignore pixels keep the image)."""
+    check_labels_match(image, {"mask": mask})
     rgb = to_numpy_image(image)
     colours = colorize(mask, palette, ignore_index).astype(np.float32) / 255
     keep = (_np(mask) == ignore_index)[..., None]
@@ -60,6 +68,9 @@ def show_predictions(images, masks, preds=None, palette=None, classes=None, max_
         raise ValueError("show_predictions needs the palette (e.g. dataset.palette)")
     pred_sets = ({} if preds is None
                  else (dict(preds) if isinstance(preds, dict) else {titles[2]: preds}))
+    named = {"preds": preds} if pred_sets and not isinstance(preds, dict) else {
+        f"preds[{name!r}]": p for name, p in pred_sets.items()}
+    check_batch(images, {"masks": masks, **named})
     n = min(len(images), max_rows)
     cols = 2 + len(pred_sets)
     fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n), squeeze=False)

@@ -10,6 +10,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from ._checks import check_labels_match
 from .masks import colorize, to_numpy_image
 
 __all__ = ["crf_figure", "tta_figure"]
@@ -36,6 +37,9 @@ def crf_figure(image: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor, pal
     from ..crf import dense_crf
     from ..metrics import mean_iou
 
+    if not isinstance(probs, torch.Tensor) or probs.dim() != 3:
+        raise ValueError(f"probs must be a tensor [K, H, W], got shape {tuple(probs.shape)}")
+    check_labels_match(image, {"mask": mask, "probs[0]": probs[0]})
     K = probs.shape[0]
     raw = probs.argmax(0)
     refined = dense_crf(image * 255, probs, **crf_params).argmax(0)
@@ -52,6 +56,7 @@ def tta_figure(model, image: torch.Tensor, mask: torch.Tensor, palette,
     from ..metrics import mean_iou
     from ..tta import tta_predict
 
+    check_labels_match(image, {"mask": mask})
     plain = tta_predict(model, image[None], scales=(1.0,), flip=False)[0]
     averaged = tta_predict(model, image[None], scales=scales, flip=flip)[0]
     K = plain.shape[0]

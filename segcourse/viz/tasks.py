@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ._checks import check_labels_match
 from .masks import colorize, legend_patches, to_numpy_image
 
 __all__ = ["show_tasks", "show_panels", "show_augmented"]
@@ -87,6 +88,7 @@ def show_augmented(pairs, palette, suptitle: str | None = None):
         raise ValueError("pairs must hold at least one (image, mask) pair")
     fig, axes = plt.subplots(2, len(pairs), figsize=(2.25 * len(pairs), 4.6), squeeze=False)
     for col, (image, mask) in enumerate(pairs):
+        check_labels_match(image, {f"pairs[{col}] mask": mask}, f"pairs[{col}] image")
         axes[0, col].imshow(to_numpy_image(image))
         axes[1, col].imshow(colorize(mask, palette), interpolation="nearest")
     _no_ticks(axes)

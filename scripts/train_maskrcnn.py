@@ -21,6 +21,7 @@ floating-point summation order, so a rerun matches the stored numbers closely, n
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from dataclasses import asdict
@@ -31,6 +32,7 @@ import torch
 # run from a checkout, installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from segcourse.checkpoints import save_checkpoint  # noqa: E402
 from segcourse.data import InstanceTargets, ShapesDataset  # noqa: E402
 from segcourse.evaluate import evaluate_panoptic  # noqa: E402
 from segcourse.models.panoptic_fpn import panoptic_fpn  # noqa: E402
@@ -67,10 +69,7 @@ def main(argv=None):
     metrics = {k: round(v, 4) for k, v in evaluate_panoptic(model, val).items()}
     print("held-out:", metrics, f"training: {train_seconds:.0f} s wall, {cpu_seconds:.0f} s CPU",
           flush=True)
-    state = {
-        "model": {k: v.half() if v.is_floating_point() else v
-                  for k, v in model.state_dict().items()},
-        "optimizer": None,
+    extras = {
         "config": asdict(model.config),
         "thing_classes": list(model.thing_classes), "stuff_classes": list(model.stuff_classes),
         "data": DATA, "metrics": metrics, "log": history["log"],
@@ -80,8 +79,8 @@ def main(argv=None):
         "threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.out)
+    # float16 weights keep the file small; written atomically, with a checksum
+    save_checkpoint(args.out, copy.deepcopy(model).half(), **extras)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB)")
 
 

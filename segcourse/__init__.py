@@ -8,7 +8,7 @@ The chapters of the book import from here. Sub-packages and modules, by what the
 - ``segcourse.losses``       cross-entropy, Dice, Focal, Lovasz-Softmax, boundary loss
 - ``segcourse.metrics``      confusion matrix and mIoU, the boundary band, mask AP, PQ
 - ``segcourse.train``        ``fit``: the one training loop, for every model
-- ``segcourse.evaluate``     ``evaluate``, ``predict``, ``evaluate_instances``, ``evaluate_panoptic``
+- ``segcourse.evaluate``     ``evaluate``, ``predict``, ``evaluate_instances`` and ``_panoptic``
 - ``segcourse.checkpoints``  ``save_checkpoint`` / ``load_checkpoint``
 - ``segcourse.tta``          test-time augmentation; ``segcourse.crf``: dense CRF, ConvCRF
 - ``segcourse.profiling``    parameters, FLOPs, latency, same-budget comparisons

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .viz import crf_figure, plot_receptive_field, receptive_field_extent, tta_figure
+from .viz._checks import check_batch
 
 __all__ = ["dilation_explorer", "crf_explorer", "tta_explorer"]
 
@@ -29,6 +30,14 @@ def _show(fig) -> None:
 
     display(fig)
     plt.close(fig)
+
+
+def _check_explorer_inputs(images, masks) -> None:
+    """At least one image, and one mask of its size per image (the slider indexes both)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty tensor [N, 3, H, W], got {got}")
+    check_batch(images, {"masks": masks})
 
 
 def dilation_explorer(num_layers: int = 3, max_dilation: int = 8):
@@ -66,6 +75,12 @@ def crf_explorer(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor,
     Returns an ``ipywidgets.VBox`` that redraws :func:`crf_figure`.
     """
     import ipywidgets as widgets  # only needed for the live explorer
+
+    _check_explorer_inputs(images, masks)
+    if not isinstance(probs, torch.Tensor) or probs.dim() != 4 or len(probs) != len(images):
+        got = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
+        raise ValueError(f"probs must be [N, K, H, W] with one map per image "
+                         f"(N = {len(images)}), got {got}")
 
     def slider(kind, value, low, high, step, label):
         return kind(value=value, min=low, max=high, step=step, description=label,
@@ -107,6 +122,7 @@ def tta_explorer(model, images: torch.Tensor, masks: torch.Tensor, palette,
     """Tick the scales and the flip to average over and watch the TTA prediction change (live)."""
     import ipywidgets as widgets  # only needed for the live explorer
 
+    _check_explorer_inputs(images, masks)
     index = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image",
                               continuous_update=False)
     boxes = [widgets.Checkbox(value=s == 1.0, description=f"scale {s:g}", indent=False)

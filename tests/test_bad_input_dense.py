@@ -295,3 +295,46 @@ def test_viz_valid_inputs_still_draw():
     out = viz.overlay(IMAGES[0], MASKS[0], PALETTE)
     assert out.shape == (16, 16, 3) and np.isfinite(out).all()
     plt.close("all")
+
+
+# --- widgets (ipywidgets 7.7 as on Colab, and 8) -----------------------------------------------
+
+WIDGET_CASES = {
+    "crf_explorer: masks N": (
+        lambda w: w.crf_explorer(IMAGES, torch.rand(2, 3, 16, 16).softmax(1), MASKS[:1], PALETTE),
+        "masks holds 1"),
+    "crf_explorer: probs N": (
+        lambda w: w.crf_explorer(IMAGES, torch.rand(1, 3, 16, 16).softmax(1), MASKS, PALETTE),
+        "probs"),
+    "crf_explorer: no images": (
+        lambda w: w.crf_explorer(IMAGES[:0], torch.rand(0, 3, 16, 16), MASKS[:0], PALETTE),
+        "images"),
+    "tta_explorer: masks size": (
+        lambda w: w.tta_explorer(build("fcn32s", 3).eval(), IMAGES, MASKS[..., :8], PALETTE),
+        r"masks\[0\]"),
+    "dilation_explorer: no layers": (lambda w: w.dilation_explorer(num_layers=0), "num_layers"),
+}
+
+
+@pytest.mark.parametrize("case", WIDGET_CASES)
+def test_widgets_refuse_mismatched_inputs(case):
+    pytest.importorskip("ipywidgets")
+    from segcourse import widgets
+    call, match = WIDGET_CASES[case]
+    try:
+        with pytest.raises(ValueError, match=match):
+            call(widgets)
+    finally:
+        plt.close("all")
+
+
+def test_widgets_build_on_valid_inputs():
+    pytest.importorskip("ipywidgets")
+    from segcourse import widgets
+    probs = torch.rand(2, 3, 32, 32).softmax(1)
+    images, masks = torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    assert len(widgets.crf_explorer(images, probs, masks, PALETTE).children) == 2
+    assert len(widgets.tta_explorer(build("fcn32s", 3).eval(), images, masks, PALETTE,
+                                    scales=(1.0,)).children) == 3
+    assert len(widgets.dilation_explorer(num_layers=2).children) == 2
+    plt.close("all")

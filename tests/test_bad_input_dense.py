@@ -82,6 +82,21 @@ def test_builder_and_class_refuse_bad_counts(name, argument, value):
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("paper", ["yes", 1, None])
+def test_build_refuses_a_paper_flag_that_is_not_a_bool(name, paper):
+    with pytest.raises(ValueError, match="paper must be True or False"):
+        build(name, 2, paper=paper)
+
+
+@pytest.mark.parametrize("model", ["unet", "attention_unet"])
+@pytest.mark.parametrize("field, value", [("depth", 0), ("depth", 2.5), ("base_channels", 0),
+                                          ("base_channels", 4.0), ("depth", True)])
+def test_unet_refuses_bad_sizes(model, field, value):
+    with pytest.raises(ValueError, match=field):
+        build(model, 2, **{field: value})
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_build_accepts_numpy_ints(name):
     model = build(name, num_classes=np.int64(2), in_channels=np.int64(1)).eval()
     with torch.no_grad():

@@ -64,6 +64,8 @@ def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     check_count(num_classes, "num_classes")
     check_count(in_channels, "in_channels")
+    if not isinstance(paper, bool):
+        raise ValueError(f"paper must be True or False, got {paper!r}")
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, paper=paper,
                            **overrides)
 

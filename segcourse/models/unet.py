@@ -167,8 +167,7 @@ class UNet(nn.Module):
         check_count(num_classes, "num_classes"), check_count(in_channels, "in_channels")
         config = configure(config, **overrides)
         base_channels, depth, bilinear = config.base_channels, config.depth, config.bilinear
-        if depth < 1 or base_channels < 1:
-            raise ValueError(f"depth and base_channels must be >= 1, got {depth}, {base_channels}")
+        check_count(depth, "depth"), check_count(base_channels, "base_channels")
         self.config = config
         self.num_classes, self.in_channels, self.depth = num_classes, in_channels, depth
         widths = [base_channels * 2 ** level for level in range(depth + 1)]

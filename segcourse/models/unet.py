@@ -156,8 +156,9 @@ class UNet(nn.Module):
     """U-Net: ``depth`` Down blocks, ``depth`` Up blocks with skips, a 1 x 1 classifier.
 
     Widths are ``base_channels * 2**level`` for levels ``0 .. depth``. Takes ``[B, C, H, W]``
-    with ``H, W >= 2**depth``; returns logits ``[B, num_classes, H, W]``. ``config`` is a
-    :class:`UNetConfig` and keyword ``overrides`` replace its fields
+    with ``H, W >= max(32, 2**(depth + 1))`` (the bottleneck keeps 2 x 2 pixels, which
+    BatchNorm needs in training at batch 1); returns logits ``[B, num_classes, H, W]``.
+    ``config`` is a :class:`UNetConfig` and keyword ``overrides`` replace its fields
     (``UNet(5, base_channels=8)``).
     """
 

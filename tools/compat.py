@@ -143,6 +143,7 @@ def plan(args: argparse.Namespace, python: Path) -> list[tuple[str, list[str]]]:
 VERSIONS_SNIPPET = (
     "import json, platform, numpy, torch\n"
     "try:\n    import transformers; tf = transformers.__version__\n"
+    "    if not transformers.utils.is_torch_available(): tf += ' (refuses this torch)'\n"
     "except Exception as e:\n    tf = f'not importable ({type(e).__name__})'\n"
     "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__,"
     " 'numpy': numpy.__version__, 'transformers': tf}))"
@@ -154,6 +155,7 @@ def environment(args: argparse.Namespace, constraints: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PIP_CONSTRAINT"] = str(constraints)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("COLUMNS", "240")  # pytest's -rfE lines whole, with the error message
     env["PYTHONNOUSERSITE"] = "1"
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env.pop("VIRTUAL_ENV", None)

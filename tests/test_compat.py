@@ -25,7 +25,8 @@ def test_defaults_and_tag():
     assert args.torch_index is None and args.transformers is None
     assert args.tag == "py3.10-torch2.1.2-np1.26.4"
     assert args.scratch == Path("/tmp/segcourse-compat")
-    assert compat.parse_args(OLDEST + ["--transformers", "<5"]).tag.endswith("-tf5")
+    assert compat.parse_args(OLDEST + ["--transformers", "<5"]).tag.endswith("-tflt5")
+    assert compat.parse_args(OLDEST + ["--transformers", "==4.57.6"]).tag.endswith("-tf4.57.6")
 
 
 @pytest.mark.parametrize("argv, match", [

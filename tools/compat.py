@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tag is None:
         args.tag = f"py{args.python}-torch{args.torch}-np{args.numpy}"
         if args.transformers:
-            args.tag += "-tf" + re.sub(r"[^0-9A-Za-z.]", "", args.transformers)
+            spec = args.transformers.replace("<", "lt").replace(">", "gt").replace("!", "ne")
+            args.tag += "-tf" + re.sub(r"[^0-9A-Za-z.]", "", spec)  # "<5" -> -tflt5
     if not re.fullmatch(r"[0-9A-Za-z._+-]+", args.tag):
         p.error(f"--tag must be a plain folder name, got {args.tag!r}")
     return args

@@ -45,7 +45,12 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * heads * n * m * d + 2 * heads * n * m * d_v
 
 
-def _flop_counter() -> FlopCounterMode:
+# Before torch 2.4 the counter records per-module counts only for the module it is given
+# (``mods=``); 2.4 and later track every module and deprecate the argument.
+_MODS_NEEDED = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 4)
+
+
+def _flop_counter(model: nn.Module | None = None) -> FlopCounterMode:
     """A FLOP counter that also counts fused attention on the CPU.
 
     ``F.scaled_dot_product_attention`` on CPU tensors dispatches to one fused kernel that
@@ -54,7 +59,8 @@ def _flop_counter() -> FlopCounterMode:
     """
     cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     mapping = {cpu_attention: _sdpa_flops} if cpu_attention is not None else {}
-    return FlopCounterMode(display=False, custom_mapping=mapping)
+    mods = {"mods": model} if _MODS_NEEDED and model is not None else {}
+    return FlopCounterMode(display=False, custom_mapping=mapping, **mods)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -73,7 +79,7 @@ def _count_flops(model: nn.Module, size: tuple[int, int], in_channels: int) -> F
     model.eval()
     device = _device(model)
     try:
-        with _flop_counter() as counter:
+        with _flop_counter(model) as counter:
             model(torch.zeros(1, in_channels, *size, device=device))
     finally:
         model.train(was_training)

@@ -127,7 +127,7 @@ DETECTION_WORKER = textwrap.dedent('''
                 keep = torch.arange(len(t["labels"])) < (len(t["labels"]) if i % 2 == 0 else 0)
                 panoptic = panoptic_target(t)
                 if i % 2:
-                    panoptic[t["masks"].any(0), 0] = -1
+                    panoptic[..., 0][t["masks"].any(0)] = -1
                 outputs.append({"masks": t["masks"][keep], "labels": t["labels"][keep],
                                 "scores": torch.ones(int(keep.sum())), "panoptic": panoptic})
             return outputs
@@ -176,7 +176,7 @@ def _single_process_oracle_scores(val):
         n = len(t["labels"]) if i % 2 == 0 else 0
         panoptic = panoptic_target(t)
         if i % 2:
-            panoptic[t["masks"].any(0), 0] = -1
+            panoptic[..., 0][t["masks"].any(0)] = -1
         predictions.append({"masks": t["masks"][:n], "labels": t["labels"][:n],
                             "scores": torch.ones(n)})
         truths.append(t)

@@ -268,7 +268,7 @@ def test_evaluators_score_perfect_and_imperfect_detections():
     first = truth[0]
     outputs[0] = {k: v[1:] for k, v in perfect(first).items() if k != "panoptic"}
     missed = panoptic_target(first)
-    missed[first["masks"][0], 0] = -1  # what fusion leaves void: no segment there
+    missed[..., 0][first["masks"][0]] = -1  # what fusion leaves void: no segment there
     outputs[0]["panoptic"] = missed
     label = int(first["labels"][0])
     gt_of_label = sum(int((t["labels"] == label).sum()) for t in truth)

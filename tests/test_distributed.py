@@ -1,6 +1,8 @@
 """fit() under torchrun: two CPU processes (gloo) must end with identical weights -- for a
 semantic model and for Mask R-CNN -- and evaluation must combine both processes' shards."""
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -42,8 +44,17 @@ def _torchrun_two_processes(worker: str, tmp_path) -> None:
     script.write_text(worker)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # its own session, so that a timeout ends torchrun AND its workers (no hung processes)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired as timeout:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError("torchrun timed out after 300 s\n" + stdout[-3000:]
+                             + stderr[-3000:]) from timeout
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
 
 
 def test_two_processes_end_with_identical_weights(tmp_path):

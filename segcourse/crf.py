@@ -51,18 +51,24 @@ def _check_inputs(image: torch.Tensor, probs: torch.Tensor) -> torch.dtype:
     if image.shape[1:] != probs.shape[1:]:
         raise ValueError(f"image {tuple(image.shape)} and probs {tuple(probs.shape)} "
                          "must have the same H, W")
+    if not torch.isfinite(image).all():
+        raise ValueError("image must be finite: it holds NaN or inf values")
     if (probs < 0).any() or not torch.allclose(probs.sum(0), torch.ones_like(probs[0]), atol=1e-3):
         raise ValueError("probs must be non-negative and sum to 1 over classes (dim 0); "
                          "pass softmax(logits), not logits")
     return torch.promote_types(probs.dtype, torch.float32)
 
 
-def _check_parameters(iterations, **thetas) -> None:
-    if not isinstance(iterations, int) or iterations < 0:
+def _check_parameters(iterations, weights: dict | None = None, **thetas) -> None:
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
     for name, value in thetas.items():
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"{name} must be a positive, finite number, got {value}")
+    # a negative weight would reward neighbours for disagreeing: not a CRF prior any more
+    for name, value in (weights or {}).items():
+        if not 0 <= value < float("inf"):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def _mean_field(unary: torch.Tensor, probs: torch.Tensor, message, iterations: int) -> torch.Tensor:
@@ -137,8 +143,8 @@ def dense_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5,
     kernel is separable and costs ``O(N (H + W))``).
     """
     dtype = _check_inputs(image, probs)
-    _check_parameters(iterations, theta_gamma=theta_gamma, theta_alpha=theta_alpha,
-                      theta_beta=theta_beta)
+    _check_parameters(iterations, {"w_gaussian": w_gaussian, "w_bilateral": w_bilateral},
+                      theta_gamma=theta_gamma, theta_alpha=theta_alpha, theta_beta=theta_beta)
     K, H, W = probs.shape
     N = H * W
     probs = probs.to(dtype)
@@ -186,8 +192,8 @@ def conv_crf(image: torch.Tensor, probs: torch.Tensor, iterations: int = 5,
     than a small window, so the two differ most in how far colour evidence spreads.
     """
     dtype = _check_inputs(image, probs)
-    _check_parameters(iterations, theta_gamma=theta_gamma, theta_alpha=theta_alpha,
-                      theta_beta=theta_beta)
+    _check_parameters(iterations, {"w_gaussian": w_gaussian, "w_bilateral": w_bilateral},
+                      theta_gamma=theta_gamma, theta_alpha=theta_alpha, theta_beta=theta_beta)
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
     K, H, W = probs.shape

@@ -171,3 +171,25 @@ def test_crf_figure_and_explorer():
     with pytest.raises(ValueError, match="unknown CRF parameter"):
         crf_explorer(image[None], probs[None], mask[None], palette, theta=1.0)
     plt.close("all")
+
+
+@pytest.mark.parametrize("refine", ["dense_crf", "conv_crf"])
+@pytest.mark.parametrize("kwargs, match", [
+    ({"w_gaussian": -1.0}, "w_gaussian"),
+    ({"w_bilateral": float("nan")}, "w_bilateral"),
+    ({"theta_alpha": float("inf")}, "theta_alpha"),
+    ({"iterations": True}, "iterations"),
+    ({"image": "nan"}, "image must be finite"),
+])
+def test_nonsense_parameters_and_nan_images_are_refused(refine, kwargs, match):
+    """A NaN image used to give NaN probabilities, a negative weight an anti-smoothing 'prior'."""
+    import segcourse.crf as crf
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 8, 8) * 255
+    probs = torch.softmax(torch.randn(3, 8, 8), 0)
+    if kwargs.get("image") == "nan":
+        kwargs = {"image": image.clone().fill_(float("nan"))}
+    args = {"image": image, "probs": probs, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        getattr(crf, refine)(**args)

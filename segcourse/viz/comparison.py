@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from ._checks import check_batch
-from .masks import colorize, legend_patches, to_numpy_image
+from .masks import colorize, draw_grid, legend_patches, to_numpy_image
 
 __all__ = ["plot_compute_split", "plot_accuracy_vs_cost", "plot_iou_per_class",
            "show_model_predictions"]
@@ -117,15 +117,9 @@ def show_model_predictions(images, masks, preds: dict, palette, classes=None,
     columns = [("image", None), ("ground truth", masks), *preds.items()]
     fig, axes = plt.subplots(len(images), len(columns), squeeze=False,
                              figsize=(panel * len(columns), 1.5 * len(images) + 0.3))
-    for i in range(len(images)):
-        for j, (title, labels) in enumerate(columns):
-            shown = (to_numpy_image(images[i]) if labels is None
-                     else colorize(labels[i], palette))
-            axes[i, j].imshow(shown, interpolation="nearest")
-            axes[i, j].set_xticks([])
-            axes[i, j].set_yticks([])
-            if i == 0:
-                axes[i, j].set_title(title, fontsize=8)
+    draw_grid(axes, [[(title, to_numpy_image(images[i]) if labels is None
+                       else colorize(labels[i], palette)) for title, labels in columns]
+                     for i in range(len(images))], title_size=8)
     if classes is not None:
         fig.legend(handles=legend_patches(classes, palette), loc="lower center",
                    ncol=len(classes), fontsize=8, frameon=False)

@@ -14,19 +14,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .masks import colorize, legend_patches, to_numpy_image
+from .masks import colorize, legend_patches, no_ticks, to_numpy_image
 
 __all__ = ["draw_boxes", "paint_instances", "paint_panoptic", "counting_figure",
            "roi_sampling_figure", "shift_response_figure", "pipeline_figure",
            "detections_figure", "panoptic_figure", "pq_example_figure"]
 
 VOID = -1  # panoptic category of unlabelled pixels (segcourse.models.panoptic_fpn.VOID)
-
-
-def _no_ticks(axes) -> None:
-    for ax in np.ravel(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
 
 
 def _label_panels(axes, panels, image, size: int = 10) -> None:
@@ -38,7 +32,7 @@ def _label_panels(axes, panels, image, size: int = 10) -> None:
         else:
             ax.imshow(picture, interpolation="nearest")
         ax.set_title(title, fontsize=size)
-    _no_ticks(axes)
+    no_ticks(axes)
 
 
 def _ids(instance) -> np.ma.MaskedArray:
@@ -180,7 +174,7 @@ def pipeline_figure(image, anchors, proposals, out, data, min_score: float = 0.5
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
     for ax in axes:
         ax.imshow(to_numpy_image(image))
-    _no_ticks(axes)
+    no_ticks(axes)
     level_colours = ["yellow", "orange", "red", "magenta", "white"]
     draw_boxes(axes[0], anchors, [level_colours[k // 3 % 5] for k in range(len(anchors))])
     sizes = ", ".join(str(s) for s in anchor_sizes)
@@ -215,7 +209,7 @@ def detections_figure(data, predictions, indices, min_score: float = 0.5):
                    [data.classes[c] for c in s.instance_classes.tolist()])
         axes[0, col].set_title(f"scene {i}: prediction", fontsize=9)
         axes[1, col].set_title("ground truth", fontsize=9)
-    _no_ticks(axes)
+    no_ticks(axes)
     fig.tight_layout()
     return fig
 
@@ -254,6 +248,6 @@ def pq_example_figure(gt, pred):
         for (y, x), (c, i) in zip(np.ndindex(*m.shape[:2]), m.reshape(-1, 2).tolist()):
             ax.text(x, y, f"{c},{i}", ha="center", va="center", fontsize=8)
         ax.set_title(title + "  (category, instance)", fontsize=9)
-    _no_ticks(axes)
+    no_ticks(axes)
     fig.tight_layout()
     return fig

@@ -58,6 +58,24 @@ def legend_patches(classes, palette):
     return [Patch(color=np.asarray(c) / 255, label=name) for name, c in zip(classes, palette)]
 
 
+def no_ticks(axes) -> None:
+    """Hide the ticks of every axis in ``axes`` (one axis or an array of them)."""
+    for ax in np.ravel(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def draw_grid(axes, rows, title_size: int = 10) -> None:
+    """Draw ``rows`` -- one list of ``(title, picture)`` per grid row -- into ``axes [R, C]``;
+    the titles go on the first row, no ticks anywhere."""
+    for r, panels in enumerate(rows):
+        for c, (title, picture) in enumerate(panels):
+            axes[r, c].imshow(picture, interpolation="nearest")
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=title_size)
+    no_ticks(axes)
+
+
 def show_predictions(images, masks, preds=None, palette=None, classes=None, max_rows: int = 4,
                      titles=("image", "ground truth", "prediction")):
     """A grid: one row per sample, columns image / ground truth / prediction(s).
@@ -74,15 +92,10 @@ def show_predictions(images, masks, preds=None, palette=None, classes=None, max_
     n = min(len(images), max_rows)
     cols = 2 + len(pred_sets)
     fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n), squeeze=False)
-    for r in range(n):
-        panels = [(titles[0], to_numpy_image(images[r])), (titles[1], colorize(masks[r], palette))]
-        panels += [(name, colorize(p[r], palette)) for name, p in pred_sets.items()]
-        for c, (title, panel) in enumerate(panels):
-            axes[r, c].imshow(panel, interpolation="nearest")
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if r == 0:
-                axes[r, c].set_title(title, fontsize=10)
+    draw_grid(axes, [[(titles[0], to_numpy_image(images[r])),
+                      (titles[1], colorize(masks[r], palette)),
+                      *[(name, colorize(p[r], palette)) for name, p in pred_sets.items()]]
+                     for r in range(n)])
     if classes is not None:
         fig.legend(handles=legend_patches(classes, palette), loc="lower center",
                    ncol=min(len(classes), 7), fontsize=8, frameon=False,

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ._checks import check_labels_match
-from .masks import colorize, legend_patches, to_numpy_image
+from .masks import colorize, legend_patches, no_ticks, to_numpy_image
 
 __all__ = ["show_tasks", "show_panels", "show_augmented"]
 
@@ -17,12 +17,6 @@ def _picture(x) -> np.ndarray:
     if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == 3:
         return to_numpy_image(x)
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _no_ticks(axes) -> None:
-    for ax in np.ravel(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
 
 
 def show_tasks(sample, classes, palette):
@@ -55,7 +49,7 @@ def show_tasks(sample, classes, palette):
     panoptic[ids > 0] *= (0.55 + 0.45 * (ids[ids > 0] % 2))[:, None]
     axes[4].imshow(panoptic.astype(np.uint8))
     axes[4].set_title("panoptic\n(class, instance id) per pixel", fontsize=9)
-    _no_ticks(axes)
+    no_ticks(axes)
     fig.legend(handles=legend_patches(classes, palette), loc="lower center", ncol=len(classes),
                frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
@@ -74,7 +68,7 @@ def show_panels(panels: dict, size: float = 3.0, suptitle: str | None = None):
     for ax, (title, picture) in zip(axes[0], panels.items()):
         ax.imshow(_picture(picture), interpolation="nearest")
         ax.set_title(title, fontsize=10)
-    _no_ticks(axes)
+    no_ticks(axes)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -91,7 +85,7 @@ def show_augmented(pairs, palette, suptitle: str | None = None):
         check_labels_match(image, {f"pairs[{col}] mask": mask}, f"pairs[{col}] image")
         axes[0, col].imshow(to_numpy_image(image))
         axes[1, col].imshow(colorize(mask, palette), interpolation="nearest")
-    _no_ticks(axes)
+    no_ticks(axes)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()

@@ -6,6 +6,8 @@ gets a ``ValueError`` that says what was expected, not an obscure indexing error
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -127,10 +129,8 @@ def check_logits_and_target(logits: torch.Tensor, target: torch.Tensor,
 
 def check_class_ids(ids, name: str, allow_empty: bool = False) -> tuple[int, ...]:
     """``ids`` (dataset class ids: distinct ints in 0..254, 255 being the ignore label) as a
-    tuple; a ``ValueError`` naming ``name`` otherwise. Added by H12-detect for the detection
-    models and targets (thing / stuff classes)."""
-    import numbers
-
+    tuple; a ``ValueError`` naming ``name`` otherwise (thing / stuff classes of the detection
+    models and their targets)."""
     if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
         raise ValueError(f"{name} must be a sequence of int class ids, got {ids!r}")
     ids = tuple(ids)

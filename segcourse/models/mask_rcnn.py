@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_images
+from .._checks import check_count, check_images
 from ..ops.misc import convert_frozen_batchnorm
 from .config import configure
 from .fpn import FeaturePyramid
@@ -191,9 +191,7 @@ def check_config(c: MaskRCNNConfig) -> None:
                          f"so it must be an int >= 2; got {c.num_classes!r}")
     for name in ("in_channels", "width", "fpn_channels", "representation", "mask_channels",
                  "rpn_batch_size", "roi_batch_size", "detections_per_image"):
-        v = getattr(c, name)
-        if not _is_int(v) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        check_count(getattr(c, name), name)
     for name in ("rpn_nms_threshold", "score_threshold", "nms_threshold"):
         v = getattr(c, name)
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:

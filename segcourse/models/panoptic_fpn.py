@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_class_ids
+from .._checks import check_class_ids, check_count, check_labels
 from . import mask_rcnn as _mask_rcnn
 from .config import configure
 from .mask_rcnn import MaskRCNN, MaskRCNNConfig, check_config, check_targets
@@ -219,18 +219,13 @@ class PanopticFPN(nn.Module):
                                  "need the [H, W] class map of the image (255 = ignore) for "
                                  "the stuff head")
             sem = t["semantic"]
-            if not isinstance(sem, torch.Tensor):
-                raise ValueError(f"targets[{i}]['semantic'] must be a torch.Tensor, got "
-                                 f"{type(sem).__name__}")
-            if sem.is_floating_point() or sem.is_complex() or sem.dtype == torch.bool:
-                raise ValueError(f"targets[{i}]['semantic'] must hold integer class ids "
-                                 f"(torch.int64), got {sem.dtype}")
+            # a tensor of integer ids in 0..255 (the shared label check), then only known ones
+            check_labels(sem, 256, ignore_index=None, name=f"targets[{i}]['semantic']")
             if tuple(sem.shape) != (H, W):
                 raise ValueError(f"targets[{i}]['semantic'] must have the image's shape "
                                  f"[{H}, {W}], got {tuple(sem.shape)}")
             sem = sem.to(self.semantic_known.device).long()
-            inside = (sem >= 0) & (sem <= 255)
-            unknown = ~inside | ~self.semantic_known[sem.clamp(0, 255)]
+            unknown = ~self.semantic_known[sem]
             if unknown.any():
                 raise ValueError(f"targets[{i}]['semantic'] holds class {int(sem[unknown][0])}, "
                                  f"which is neither in thing_classes {self.thing_classes}, nor "
@@ -253,13 +248,8 @@ class PanopticFPN(nn.Module):
 def check_panoptic_config(c: PanopticFPNConfig) -> None:
     """Mask R-CNN's field checks plus the semantic head's and fusion's, naming the field."""
     check_config(c)
-    if isinstance(c.semantic_channels, bool) or not isinstance(c.semantic_channels, int) \
-            or c.semantic_channels < 1:
-        raise ValueError(f"semantic_channels must be an int >= 1, got {c.semantic_channels!r}")
-    if isinstance(c.stuff_area_limit, bool) or not isinstance(c.stuff_area_limit, int) \
-            or c.stuff_area_limit < 0:
-        raise ValueError(f"stuff_area_limit must be an int >= 0 (pixels), got "
-                         f"{c.stuff_area_limit!r}")
+    check_count(c.semantic_channels, "semantic_channels")
+    check_count(c.stuff_area_limit, "stuff_area_limit (pixels)", minimum=0)
     for name, upper in (("semantic_loss_weight", math.inf), ("overlap_threshold", 1.0),
                         ("instance_score_threshold", 1.0)):
         v = getattr(c, name)

@@ -12,6 +12,7 @@
 - ``panels``           an image with heat maps or label maps beside it (chapter 8)
 - ``refinements``      dense CRF and test-time augmentation, before and after (chapter 8)
 - ``comparison``       models side by side: compute, accuracy vs cost, per-class IoU (chapter 9)
+- ``queries``          matching, per-layer query maps, what queries learn (chapter 10)
 """
 
 from .attention import plot_attention_cost, plot_token_maps
@@ -37,6 +38,7 @@ from .gates import show_attention_gates
 from .losses import plot_boundary_errors, plot_focal_loss, plot_loss_comparison
 from .masks import colorize, legend_patches, overlay, show_predictions, to_numpy_image
 from .panels import show_labels, show_maps
+from .queries import matching_figure, plot_cost_matrix, plot_layer_maps, plot_query_gallery
 from .receptive_field import plot_receptive_field, receptive_field_extent, receptive_field_map
 from .refinements import crf_figure, tta_figure
 from .tasks import show_augmented, show_panels, show_tasks
@@ -58,4 +60,5 @@ __all__ = [
     "show_maps", "show_labels", "crf_figure", "tta_figure",
     "plot_compute_split", "plot_accuracy_vs_cost", "plot_iou_per_class",
     "show_model_predictions",
+    "plot_cost_matrix", "matching_figure", "plot_layer_maps", "plot_query_gallery",
 ]

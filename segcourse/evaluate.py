@@ -33,7 +33,7 @@ from .data import panoptic_target
 from .losses import cross_entropy
 from .metrics import SegmentationMetric, mask_average_precision, panoptic_quality
 
-__all__ = ["make_loader", "to_device", "is_distributed", "evaluate", "predict",
+__all__ = ["make_loader", "to_device", "is_distributed", "semantic_logits", "evaluate", "predict",
            "evaluate_instances", "evaluate_panoptic"]
 
 
@@ -172,6 +172,21 @@ def _autocast(device: torch.device, enabled: bool):
 
 # --- semantic models ------------------------------------------------------------------------------
 
+def semantic_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Per-pixel class logits ``[B, K, H, W]`` of any semantic-capable model.
+
+    A per-pixel classifier returns them from ``model(images)``. A mask-classification model
+    (chapter 10: it has ``semantic(images)``, the paper's semantic inference, scores >= 0 summed
+    over its queries) gives the log of those scores normalised over the classes: the same
+    argmax, and a cross-entropy that measures the distribution the model implies per pixel.
+    """
+    semantic = getattr(model, "semantic", None)
+    if semantic is None or not callable(semantic):
+        return model(images)
+    scores = semantic(images).float()
+    return (scores.clamp_min(1e-8) / scores.sum(1, keepdim=True).clamp_min(1e-8)).log()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
              device: str | torch.device | None = None, batch_size: int = 32,
@@ -208,7 +223,7 @@ def evaluate(model: nn.Module, data, num_classes: int | None = None, *,
             images, target = images.to(device), target.to(device)
             _check_semantic_batch(images, target, model, "data", int64=default_loss)
             with _autocast(device, use_amp):
-                logits = model(images)
+                logits = semantic_logits(model, images)
             logits = logits.float()
             if metric is None:
                 metric = SegmentationMetric(num_classes or logits.shape[1], ignore_index)
@@ -264,7 +279,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 32,
     outputs = []
     try:
         for start in range(0, images.shape[0], batch_size):
-            logits = model(images[start:start + batch_size].to(device)).float()
+            logits = semantic_logits(model, images[start:start + batch_size].to(device)).float()
             outputs.append((logits.softmax(1) if return_probs else logits.argmax(1)).cpu())
     finally:
         model.train(was_training)
@@ -283,8 +298,10 @@ def _predict_all(model: nn.Module, data, batch_size: int, device, fields, target
     model.eval()
     predictions, targets = [], []
     try:
+        # a mask-classification model (chapter 10) gives these dicts from ``segment``
+        run = getattr(model, "segment", None) or model
         for images, batch_targets in make_loader(data, batch_size, shuffle=False):
-            for out, t in zip(model(to_device(images, device)), batch_targets):
+            for out, t in zip(run(to_device(images, device)), batch_targets):
                 predictions.append({k: v.cpu() for k, v in out.items()
                                     if fields is None or k in fields})
                 kept = {k: t[k].cpu() for k in target_fields}

@@ -1,4 +1,4 @@
-"""The contract of every registered semantic model, whichever family registered it.
+"""The contract of every registered model, whichever family registered it.
 
 Parametrised over ``list_models()``: a family that registers a model is tested here without
 editing this file, except for one line of :data:`PUBLISHED` (a new model must say what its
@@ -13,10 +13,12 @@ import sys
 import pytest
 import torch
 
-from segcourse.models import build, list_models
+from segcourse.models import KINDS, build, list_models
 
 NUM_CLASSES = 3
 MODELS = list_models()
+PER_PIXEL = list_models("per_pixel")                    # logits [B, K, H, W]
+MASK_CLASSIFIERS = list_models("mask_classification")   # {"class_logits", "mask_logits"}
 
 
 def count(model: torch.nn.Module) -> int:
@@ -187,7 +189,17 @@ def test_registry_is_populated_and_rejects_unknown_names():
         build(MODELS[0], NUM_CLASSES, in_channels=0)
 
 
-@pytest.fixture(scope="module", params=MODELS)
+def test_every_model_has_one_kind():
+    assert sorted(PER_PIXEL + MASK_CLASSIFIERS) == MODELS
+    assert set(list_models(KINDS[0])).isdisjoint(list_models(KINDS[1]))
+    with pytest.raises(ValueError, match="kind"):
+        list_models("semantic")
+    from segcourse.models import register
+    with pytest.raises(ValueError, match="kind"):
+        register("x", kind="semantic")
+
+
+@pytest.fixture(scope="module", params=PER_PIXEL)
 def model(request):
     torch.manual_seed(0)
     return build(request.param, num_classes=NUM_CLASSES, in_channels=3)
@@ -240,3 +252,52 @@ def test_in_channels_is_respected():
         net = build(name, NUM_CLASSES, in_channels=1).eval()
         with torch.no_grad():
             assert net(torch.rand(1, 1, 40, 40)).shape == (1, NUM_CLASSES, 40, 40)
+
+
+# --- mask classification: a set of (class, mask) pairs, per-pixel scores through semantic() ----
+
+@pytest.fixture(scope="module", params=MASK_CLASSIFIERS)
+def set_model(request):
+    torch.manual_seed(0)
+    return build(request.param, num_classes=NUM_CLASSES, in_channels=3)
+
+
+@pytest.mark.parametrize("shape", [(2, 97, 131), (1, 33, 47), (1, 32, 32)],
+                         ids=["97x131", "batch1-33x47", "batch1-32"])
+def test_set_outputs_and_semantic_scores_have_the_input_size(set_model, shape):
+    batch, h, w = shape
+    set_model.eval()
+    with torch.no_grad():
+        out = set_model(torch.rand(batch, 3, h, w))
+        scores = set_model.semantic(torch.rand(batch, 3, h, w))
+    queries = out["class_logits"].shape[1]
+    assert out["class_logits"].shape == (batch, queries, NUM_CLASSES + 1)
+    assert out["mask_logits"].shape[:2] == (batch, queries)
+    assert scores.shape == (batch, NUM_CLASSES, h, w) and torch.isfinite(scores).all()
+    assert (scores >= 0).all()
+
+
+def test_set_model_trains_on_a_semantic_map(set_model):
+    set_model.train()
+    set_model.zero_grad(set_to_none=True)
+    x = torch.rand(2, 3, 48, 56)
+    target = torch.randint(0, NUM_CLASSES, (2, 48, 56))
+    target[0, :4] = 255                                           # ignored pixels
+    losses = set_model(x, target)
+    assert set(losses) == {"loss_class", "loss_mask", "loss_dice"}
+    sum(losses.values()).backward()
+    first = next(p for p in set_model.parameters() if p.requires_grad)
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in set_model.parameters()
+               if p.grad is not None)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.rand(3, 64, 64), "shape"),
+    (torch.rand(1, 4, 64, 64), "channels"),
+    (torch.randint(0, 255, (1, 3, 64, 64)), "floating"),
+], ids=["rank3", "channels", "int-dtype"])
+def test_set_model_bad_input_raises_value_error(set_model, bad, message):
+    set_model.eval()
+    with pytest.raises(ValueError, match=message):
+        set_model(bad)

@@ -1,7 +1,14 @@
 """Segmentation models, one file per family, and a registry to build them by name.
 
-Every *semantic* model registered here takes images ``[B, C, H, W]`` with any ``H, W >= 32`` and
-returns logits ``[B, num_classes, H, W]`` at input resolution. Every builder has one signature,
+Every model registered here takes images ``[B, C, H, W]`` with any ``H, W >= 32``. Two kinds:
+
+- ``"per_pixel"`` classifiers (chapters 2-5) return logits ``[B, num_classes, H, W]`` at input
+  resolution;
+- ``"mask_classification"`` models (chapter 10: Mask2Former, EoMT) return a set of (class, mask)
+  pairs, ``{"class_logits", "mask_logits"}``, and give per-pixel scores ``[B, num_classes, H,
+  W]`` through ``model.semantic(images)``; ``segcourse.evaluate`` and ``segcourse.train.fit``
+  handle both kinds.
+ Every builder has one signature,
 ``name(num_classes, in_channels=3, paper=False, **overrides)``, and one body (see
 :mod:`segcourse.models.config`): the family's frozen config dataclass -- its CPU-sized ``SMALL``
 (the default) or, with ``paper=True``, its ``PAPER`` instance with the published sizes -- with
@@ -26,13 +33,18 @@ import torch.nn as nn
 
 from .._checks import check_count
 
-__all__ = ["register", "list_models", "build"]
+__all__ = ["KINDS", "register", "list_models", "build"]
 
+KINDS = ("per_pixel", "mask_classification")
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_KIND: dict[str, str] = {}
 
 
-def register(name: str):
-    """Decorator: register ``builder(num_classes, in_channels=3, paper=False, **overrides)``."""
+def register(name: str, kind: str = "per_pixel"):
+    """Decorator: register ``builder(num_classes, in_channels=3, paper=False, **overrides)``
+    as a model of ``kind`` (one of :data:`KINDS`)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
     def decorator(builder):
         if name in _REGISTRY:
@@ -42,14 +54,17 @@ def register(name: str):
         if missing:  # the contract `build` relies on, checked once at import
             raise ValueError(f"builder {name!r} lacks the argument(s) {missing}")
         _REGISTRY[name] = builder
+        _KIND[name] = kind
         return builder
 
     return decorator
 
 
-def list_models() -> list[str]:
-    """Names of the registered semantic segmentation models, sorted."""
-    return sorted(_REGISTRY)
+def list_models(kind: str | None = None) -> list[str]:
+    """Names of the registered models, sorted; only those of ``kind`` if given."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+    return sorted(n for n in _REGISTRY if kind is None or _KIND[n] == kind)
 
 
 def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False,

@@ -6,6 +6,7 @@
 - ``poolers``    multi-scale RoIAlign: each box read from the pyramid level of its size
 - ``matching``   candidates matched to ground truth by IoU, balanced positive/negative sampling
 - ``misc``       frozen BatchNorm for detection backbones
+- ``hungarian``  bipartite matching: the one-to-one assignment of least total cost
 """
 
 from .boxes import (
@@ -17,6 +18,7 @@ from .boxes import (
     encode_boxes,
     remove_small_boxes,
 )
+from .hungarian import hungarian
 from .matching import BACKGROUND, IGNORE, match_boxes, sample_balanced
 from .misc import FrozenBatchNorm2d, convert_frozen_batchnorm
 from .nms import batched_nms, nms
@@ -27,3 +29,4 @@ __all__ = ["box_area", "box_iou", "encode_boxes", "decode_boxes", "clip_boxes",
            "remove_small_boxes", "nms", "batched_nms", "roi_align", "as_rois", "BBOX_CLIP"]
 __all__ += ["MultiScaleRoIAlign", "match_boxes", "sample_balanced", "BACKGROUND", "IGNORE",
             "FrozenBatchNorm2d", "convert_frozen_batchnorm"]
+__all__ += ["hungarian"]

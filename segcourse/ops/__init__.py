@@ -7,6 +7,7 @@
 - ``matching``   candidates matched to ground truth by IoU, balanced positive/negative sampling
 - ``misc``       frozen BatchNorm for detection backbones
 - ``hungarian``  bipartite matching: the one-to-one assignment of least total cost
+- ``point_sampling``  maps read at points; PointRend's choice of the most uncertain points
 """
 
 from .boxes import (
@@ -22,6 +23,7 @@ from .hungarian import hungarian
 from .matching import BACKGROUND, IGNORE, match_boxes, sample_balanced
 from .misc import FrozenBatchNorm2d, convert_frozen_batchnorm
 from .nms import batched_nms, nms
+from .point_sampling import point_sample, uncertain_points
 from .poolers import MultiScaleRoIAlign
 from .roi_align import as_rois, roi_align
 
@@ -29,4 +31,4 @@ __all__ = ["box_area", "box_iou", "encode_boxes", "decode_boxes", "clip_boxes",
            "remove_small_boxes", "nms", "batched_nms", "roi_align", "as_rois", "BBOX_CLIP"]
 __all__ += ["MultiScaleRoIAlign", "match_boxes", "sample_balanced", "BACKGROUND", "IGNORE",
             "FrozenBatchNorm2d", "convert_frozen_batchnorm"]
-__all__ += ["hungarian"]
+__all__ += ["hungarian", "point_sample", "uncertain_points"]

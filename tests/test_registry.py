@@ -77,6 +77,9 @@ PUBLISHED = {
     "setr_pup": (150, VIT_L16_384 + PUP_HEAD, "ViT-L/16 + PUP head, by hand"),
     "segformer": (150, 3_752_694, "HF transformers SegformerForSemanticSegmentation, B0 config, "
                   "150 labels (paper: 3.8 M on ADE20K)"),
+    "mask2former": (133, 44_036_998, "HF Mask2FormerForUniversalSegmentation, COCO-panoptic "
+                    "defaults (133 labels) on its bottleneck ResNet-50 (ResNetConfig depths "
+                    "3, 4, 6, 3); tests/test_mask2former.py builds it (paper: 44 M)"),
 }
 
 
@@ -146,7 +149,15 @@ OVERRIDES = {"fcn32s": ("fc_channels", 64), "fcn8s": ("dropout", 0.2),
              "unet": ("base_channels", 8), "attention_unet": ("bilinear", True),
              "deeplabv3": ("depth", 50), "deeplabv3plus": ("low_level_channels", 12),
              "setr_naive": ("depth", 2), "setr_pup": ("decoder_channels", 32),
-             "segformer": ("decoder_width", 64)}
+             "segformer": ("decoder_width", 64), "mask2former": ("num_queries", 8)}
+
+
+def built(base):
+    """``base`` as ``build(name, NUM_CLASSES)`` fills it: families whose config holds the class
+    and channel counts (the mask classifiers) get the arguments' values there."""
+    fields = {f.name for f in dataclasses.fields(base)}
+    given = {"num_classes": NUM_CLASSES, "in_channels": 3}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if k in fields})
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -155,10 +166,10 @@ def test_builders_start_from_small_or_paper_and_override_fields(name):
     with torch.device("meta"):
         small, paper = build(name, NUM_CLASSES), build(name, NUM_CLASSES, paper=True)
         family = sys.modules[type(small).__module__]
-        assert small.config == family.SMALL and paper.config == family.PAPER
+        assert small.config == built(family.SMALL) and paper.config == built(family.PAPER)
         for base, kwargs in ((family.SMALL, {}), (family.PAPER, {"paper": True})):
             changed = build(name, NUM_CLASSES, **kwargs, **{field: value})
-            assert changed.config == dataclasses.replace(base, **{field: value})
+            assert changed.config == dataclasses.replace(built(base), **{field: value})
     assert dataclasses.is_dataclass(family.PAPER)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(family.PAPER, field, value)  # frozen: a config is a value, shared safely
@@ -251,7 +262,10 @@ def test_in_channels_is_respected():
     for name in MODELS:
         net = build(name, NUM_CLASSES, in_channels=1).eval()
         with torch.no_grad():
-            assert net(torch.rand(1, 1, 40, 40)).shape == (1, NUM_CLASSES, 40, 40)
+            # per-pixel logits, or a mask classifier's per-pixel scores
+            out = net.semantic(torch.rand(1, 1, 40, 40)) if name in MASK_CLASSIFIERS else net(
+                torch.rand(1, 1, 40, 40))
+            assert out.shape == (1, NUM_CLASSES, 40, 40)
 
 
 # --- mask classification: a set of (class, mask) pairs, per-pixel scores through semantic() ----

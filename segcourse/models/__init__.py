@@ -90,6 +90,7 @@ def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False
 from . import (  # noqa: E402
     deeplab,  # noqa: F401  DeepLabV3, DeepLabV3+ on a dilated ResNet
     fcn,  # noqa: F401  FCN-32s, FCN-8s
+    mask2former,  # noqa: F401  Mask2Former: ResNet, deformable pixel decoder, masked attention
     segformer,  # noqa: F401  SegFormer-B0..B5
     setr,  # noqa: F401  SETR-Naive, SETR-PUP
     unet,  # noqa: F401  U-Net, Attention U-Net

@@ -1,4 +1,5 @@
-"""Point sampling, target masks, Hungarian matching and Mask2Former's losses.
+"""Target masks, Hungarian matching and Mask2Former's losses (point sampling:
+test_ops_point_sampling.py).
 
 References: hand-computed values (bilinear reads, cross-entropies, perfect predictions), loop
 formulations independent of the vectorised code, and HF transformers' Mask2Former (random
@@ -14,10 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from segcourse.models.set_criterion import HungarianMatcher, SetCriterion, mask_targets
-from segcourse.ops.point_sampling import point_sample, uncertain_points
+from segcourse.ops.point_sampling import point_sample
 
 criterion_module = importlib.import_module("segcourse.models.set_criterion")
-hf = pytest.importorskip("transformers.models.mask2former.modeling_mask2former")
+
+
+def hf():
+    """HF transformers' Mask2Former modelling module; a test using it is skipped without it."""
+    return pytest.importorskip("transformers.models.mask2former.modeling_mask2former")
+
 
 K = 4  # classes 0..3, "no object" = 4
 
@@ -54,81 +60,6 @@ def pixel_centres(h, w):
     return torch.stack([xs.flatten(), ys.flatten()], -1)  # [h * w, 2] (x, y)
 
 
-# ---------------------------------------------------------------- point sampling
-
-def test_point_sample_hand_values():
-    x = torch.arange(6.0).reshape(1, 1, 2, 3)  # [[0, 1, 2], [3, 4, 5]]
-    coords = torch.tensor([[[0.5 / 3, 0.5 / 2],     # centre of pixel (0, 0) -> 0
-                            [2.5 / 3, 1.5 / 2],     # centre of pixel (1, 2) -> 5
-                            [1.0 / 3, 0.5 / 2],     # halfway between (0, 0) and (0, 1) -> 0.5
-                            [1.5 / 3, 0.5],         # centre of the block 1, 4 -> 2.5
-                            [0.0, 0.0]]])           # corner: 1/4 of pixel (0, 0), zero padding
-    out = point_sample(x, coords)
-    assert out.shape == (1, 1, 5)
-    torch.testing.assert_close(out[0, 0], torch.tensor([0.0, 5.0, 0.5, 2.5, 0.0]))
-    x2 = x + 1
-    assert float(point_sample(x2, coords[:, 4:])) == pytest.approx(0.25)
-    # nearest: the value of the pixel each point falls in (points nudged off the boundaries)
-    nearest = point_sample(x, coords + 0.01, mode="nearest")[0, 0]
-    assert nearest.tolist() == [0.0, 5.0, 1.0, 4.0, 0.0]
-
-
-def test_point_sample_shapes_and_equals_hf():
-    g = torch.Generator().manual_seed(0)
-    x, coords = torch.randn(2, 3, 7, 9, generator=g), torch.rand(2, 11, 2, generator=g)
-    out = point_sample(x, coords)
-    assert out.shape == (2, 3, 11)
-    torch.testing.assert_close(out, hf.sample_point(x, coords, align_corners=False))
-    # pixel centres read the pixels themselves, whatever the channel
-    centres = pixel_centres(7, 9)[None].expand(2, -1, -1)
-    torch.testing.assert_close(point_sample(x, centres), x.flatten(2))
-
-
-def test_uncertain_points_are_the_most_uncertain_candidates():
-    logits = 4 * torch.randn(3, 1, 6, 8, generator=torch.Generator().manual_seed(1))
-    P, ratio, importance = 20, 3.0, 0.75
-    coords = uncertain_points(logits, P, ratio, importance, torch.Generator().manual_seed(5))
-    assert coords.shape == (3, P, 2)
-    g = torch.Generator().manual_seed(5)  # the same draws, by hand
-    candidates = torch.rand(3, 60, 2, generator=g)
-    rest = torch.rand(3, 5, 2, generator=g)
-    for b in range(3):
-        values = point_sample(logits[b: b + 1], candidates[b: b + 1])[0, 0]
-        order = sorted(range(60), key=lambda i: abs(float(values[i])))[:15]  # closest to 0
-        assert sorted(map(tuple, coords[b, :15].tolist())) == \
-            sorted(map(tuple, candidates[b, order].tolist()))
-        torch.testing.assert_close(coords[b, 15:], rest[b])
-
-
-def test_uncertain_points_equal_hf_when_seeded():
-    logits = torch.randn(4, 1, 5, 7, generator=torch.Generator().manual_seed(2))
-    loss = hf.Mask2FormerLoss(hf.Mask2FormerConfig(num_labels=K), {})
-    torch.manual_seed(3)
-    expected = loss.sample_points_using_uncertainty(logits, loss.calculate_uncertainty, 30,
-                                                    3.0, 0.75)
-    torch.manual_seed(3)
-    torch.testing.assert_close(uncertain_points(logits, 30, 3.0, 0.75), expected)
-    assert uncertain_points(logits, 8, 1.0, 1.0).shape == (4, 8, 2)  # all by uncertainty
-    assert uncertain_points(logits, 8, 2.0, 0.0).shape == (4, 8, 2)  # all uniform
-
-
-@pytest.mark.parametrize("call, match", [
-    (lambda: point_sample(torch.zeros(1, 2, 3), torch.zeros(1, 4, 2)), "inputs"),
-    (lambda: point_sample(torch.zeros(1, 1, 2, 3, dtype=torch.bool), torch.zeros(1, 4, 2)),
-     "floating"),
-    (lambda: point_sample(torch.zeros(2, 1, 2, 3), torch.zeros(1, 4, 2)), "coords"),
-    (lambda: point_sample(torch.zeros(1, 1, 2, 3), torch.zeros(1, 4, 3)), "coords"),
-    (lambda: point_sample(torch.zeros(1, 1, 2, 3), torch.zeros(1, 4, 2), "bicubic"), "mode"),
-    (lambda: uncertain_points(torch.zeros(2, 3, 4, 4), 4), "logits"),
-    (lambda: uncertain_points(torch.zeros(2, 1, 4, 4), 0), "num_points"),
-    (lambda: uncertain_points(torch.zeros(2, 1, 4, 4), 4, 0.5), "oversample_ratio"),
-    (lambda: uncertain_points(torch.zeros(2, 1, 4, 4), 4, 3.0, 1.5), "importance_sample_ratio"),
-])
-def test_point_sampling_errors(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
 # ---------------------------------------------------------------- target masks
 
 def test_mask_targets_from_a_semantic_map():
@@ -155,25 +86,25 @@ def test_mask_targets_from_instance_targets():
     assert t["labels"].tolist() == [2, 3, 3] and not t["ignore"].any()  # no semantic: no stuff
 
 
+def inst(labels=(1,), masks=None, **extra):
+    """A one-object instance target (masks: [1, 4, 4] empty by default), as a batch."""
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool) if masks is None else masks
+    return [{"labels": torch.tensor(labels), "masks": masks, **extra}]
+
+
 @pytest.mark.parametrize("targets, things, match", [
     ([{"labels": torch.tensor([1])}], (2,), "masks"),
     ([{"masks": torch.zeros(1, 4, 4, dtype=torch.bool)}], (2,), "labels"),
-    ([{"labels": torch.tensor([3]), "masks": torch.zeros(1, 4, 4, dtype=torch.bool)}], (2, 3),
-     "labels"),
-    ([{"labels": torch.tensor([0]), "masks": torch.zeros(1, 4, 4, dtype=torch.bool)}], (2,),
-     "background"),
-    ([{"labels": torch.tensor([1]), "masks": torch.zeros(1, 4, 5, dtype=torch.bool)}], (2,),
-     "image size"),
-    ([{"labels": torch.tensor([1, 1]), "masks": torch.zeros(1, 4, 4, dtype=torch.bool)}], (2,),
-     "agree"),
-    ([{"labels": torch.tensor([1]), "masks": torch.full((1, 4, 4), 0.5)}], (2,), "boolean"),
-    ([{"labels": torch.tensor([1]), "masks": torch.zeros(1, 4, 4, dtype=torch.bool),
-       "semantic": torch.full((4, 4), 7)}], (2,), "semantic"),
+    (inst((3,)), (2, 3), "labels"),
+    (inst((0,)), (2,), "background"),
+    (inst(masks=torch.zeros(1, 4, 5, dtype=torch.bool)), (2,), "image size"),
+    (inst((1, 1)), (2,), "agree"),
+    (inst(masks=torch.full((1, 4, 4), 0.5)), (2,), "boolean"),
+    (inst(semantic=torch.full((4, 4), 7)), (2,), "semantic"),
     (torch.full((1, 4, 4), 9), (), "targets"),
     (torch.zeros(4, 4, dtype=torch.long), (), "B, H, W"),
     ([], (), "non-empty"),
-    ([{"labels": torch.tensor([1]), "masks": torch.zeros(1, 4, 4, dtype=torch.bool)}], (7,),
-     "thing_classes"),
+    (inst(), (7,), "thing_classes"),
 ])
 def test_mask_targets_errors(targets, things, match):
     with pytest.raises(ValueError, match=match):
@@ -189,7 +120,7 @@ def test_matcher_equals_hf(seed):
     targets[1] = {"labels": targets[1]["labels"][:0], "masks": targets[1]["masks"][:0],
                   "ignore": targets[1]["ignore"]}  # an image without targets
     matcher = HungarianMatcher(2.0, 5.0, 5.0, num_points=300)
-    reference = hf.Mask2FormerHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0,
+    reference = hf().Mask2FormerHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0,
                                                num_points=300)
     torch.manual_seed(seed)
     expected = reference(out["mask_logits"], out["class_logits"], *hf_targets(targets))
@@ -207,13 +138,13 @@ def test_matcher_cost_equals_hf_terms():
     out = predictions(3)
     (t,) = mask_targets(semantic_batch(3, B=1), K)
     coords = torch.rand(1, 250, 2, generator=torch.Generator().manual_seed(0))
-    x = hf.sample_point(out["mask_logits"][0][:, None], coords.repeat(6, 1, 1),
+    x = hf().sample_point(out["mask_logits"][0][:, None], coords.repeat(6, 1, 1),
                         align_corners=False)[:, 0]
-    y = hf.sample_point(t["masks"][:, None].float(), coords.repeat(len(t["masks"]), 1, 1),
+    y = hf().sample_point(t["masks"][:, None].float(), coords.repeat(len(t["masks"]), 1, 1),
                         align_corners=False)[:, 0]
-    expected = (5 * hf.pair_wise_sigmoid_cross_entropy_loss(x, y)
+    expected = (5 * hf().pair_wise_sigmoid_cross_entropy_loss(x, y)
                 - 2 * out["class_logits"][0].softmax(-1)[:, t["labels"]]
-                + 5 * hf.pair_wise_dice_loss(x, y))
+                + 5 * hf().pair_wise_dice_loss(x, y))
     cost = HungarianMatcher().cost(out["class_logits"][0], out["mask_logits"][0], t, coords)
     torch.testing.assert_close(cost, expected)
 
@@ -259,15 +190,15 @@ def test_matcher_finds_the_perfect_queries_and_refuses_nan():
 # ---------------------------------------------------------------- losses
 
 def hf_loss(outputs, targets, num_points, seed, no_object_weight=0.1):
-    config = hf.Mask2FormerConfig(num_labels=K, train_num_points=num_points, class_weight=2.0,
-                                  mask_weight=5.0, dice_weight=5.0,
-                                  no_object_weight=no_object_weight, oversample_ratio=3.0,
-                                  importance_sample_ratio=0.75)
+    config = hf().Mask2FormerConfig(
+        num_labels=K, train_num_points=num_points, class_weight=2.0, mask_weight=5.0,
+        dice_weight=5.0, no_object_weight=no_object_weight, oversample_ratio=3.0,
+        importance_sample_ratio=0.75)
     aux = [{"masks_queries_logits": a["mask_logits"], "class_queries_logits": a["class_logits"]}
            for a in outputs.get("aux_outputs", [])]
     torch.manual_seed(seed)
-    losses = hf.Mask2FormerLoss(config, {})(outputs["mask_logits"], outputs["class_logits"],
-                                            *hf_targets(targets), aux or None)
+    losses = hf().Mask2FormerLoss(config, {})(outputs["mask_logits"], outputs["class_logits"],
+                                              *hf_targets(targets), aux or None)
     # HF returns each layer's unweighted loss; the model weights them (2, 5, 5) and sums
     total = {name: 0.0 for name in ("loss_class", "loss_mask", "loss_dice")}
     for key, value in losses.items():

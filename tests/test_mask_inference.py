@@ -325,3 +325,13 @@ def test_errors(call, match):
     c, m = torch.zeros(2, 3, 5), torch.zeros(2, 3, 4, 4)
     with pytest.raises(ValueError, match=match):
         call(c, m)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda():
+    semantic, _, _, class_logits, mask_logits = perfect_outputs()
+    class_logits, mask_logits = class_logits.cuda(), mask_logits.cuda()
+    (pan,) = panoptic_inference(class_logits, mask_logits, semantic.shape, (2, 3))
+    (det,) = instance_inference(class_logits, mask_logits, semantic.shape, (2, 3))
+    assert pan.is_cuda and torch.equal(pan[..., 0].cpu().clamp(min=0), semantic)
+    assert all(v.is_cuda for v in det.values())

@@ -391,3 +391,17 @@ def test_criterion_errors():
     with pytest.raises(ValueError, match="point_coords"):
         HungarianMatcher()(outputs["class_logits"], outputs["mask_logits"], targets,
                            point_coords=torch.rand(2, 5, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda():
+    outputs = {k: v.cuda() for k, v in predictions(13).items()}
+    targets = [{k: v.cuda() for k, v in t.items()}
+               for t in mask_targets(semantic_batch(13, ignore=True), K)]
+    indices = HungarianMatcher(num_points=64)(outputs["class_logits"], outputs["mask_logits"],
+                                              targets)
+    assert all(r.device == outputs["mask_logits"].device for r, _ in indices)
+    with torch.autocast("cuda", dtype=torch.float16):
+        losses = SetCriterion(K, num_points=64)(outputs, targets)
+    assert all(v.is_cuda and v.dtype == torch.float32 and torch.isfinite(v)
+               for v in losses.values())

@@ -80,6 +80,9 @@ PUBLISHED = {
     "mask2former": (133, 44_036_998, "HF Mask2FormerForUniversalSegmentation, COCO-panoptic "
                     "defaults (133 labels) on its bottleneck ResNet-50 (ResNetConfig depths "
                     "3, 4, 6, 3); tests/test_mask2former.py builds it (paper: 44 M)"),
+    "eomt": (133, 316_695_686, "HF EomtForUniversalSegmentation, EomtConfig defaults = "
+             "tue-mps/coco_panoptic_eomt_large_640 (ViT-L/16 at 640, 200 queries, 4 query "
+             "blocks, 4 registers); tests/test_eomt.py derives it by hand and builds HF's"),
 }
 
 
@@ -149,7 +152,8 @@ OVERRIDES = {"fcn32s": ("fc_channels", 64), "fcn8s": ("dropout", 0.2),
              "unet": ("base_channels", 8), "attention_unet": ("bilinear", True),
              "deeplabv3": ("depth", 50), "deeplabv3plus": ("low_level_channels", 12),
              "setr_naive": ("depth", 2), "setr_pup": ("decoder_channels", 32),
-             "segformer": ("decoder_width", 64), "mask2former": ("num_queries", 8)}
+             "segformer": ("decoder_width", 64), "mask2former": ("num_queries", 8),
+             "eomt": ("num_queries", 8)}
 
 
 def built(base):

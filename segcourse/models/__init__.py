@@ -89,6 +89,7 @@ def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False
 # family imports `register` from this module.)
 from . import (  # noqa: E402
     deeplab,  # noqa: F401  DeepLabV3, DeepLabV3+ on a dilated ResNet
+    eomt,  # noqa: F401  EoMT: a plain ViT whose last blocks also carry the queries
     fcn,  # noqa: F401  FCN-32s, FCN-8s
     mask2former,  # noqa: F401  Mask2Former: ResNet, deformable pixel decoder, masked attention
     segformer,  # noqa: F401  SegFormer-B0..B5

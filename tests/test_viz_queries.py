@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from segcourse.viz import matching_figure, plot_cost_matrix, plot_layer_maps, plot_query_gallery
+from segcourse.viz import (
+    matching_figure,
+    plot_cost_matrix,
+    plot_layer_maps,
+    plot_query_gallery,
+    three_tasks_figure,
+)
 
 matplotlib.use("Agg")
 
@@ -80,3 +86,34 @@ def test_query_gallery_one_panel_per_query_rest_hidden():
     with pytest.raises(ValueError, match="titles"):
         plot_query_gallery(torch.rand(5, 4, 4), ["a"])
     plt.close("all")
+
+
+PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+
+
+def test_three_tasks_figure_draws_each_answer():
+    images = torch.rand(2, 3, 4, 4)
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    semantic = masks.clone()
+    semantic[:, :, 2:] = 2
+    object_mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    object_mask[:, :, 2:] = True
+    panoptic = torch.stack([semantic[0], object_mask[0].long()], -1)
+    segment = {"masks": torch.cat([object_mask, object_mask]), "scores": torch.tensor([0.9, 0.2]),
+               "panoptic": panoptic}
+    fig = three_tasks_figure(images, masks, semantic, [segment, segment], PALETTE)
+    assert len(fig.axes) == 10
+    assert [ax.get_title() for ax in fig.axes[:5]] == [
+        "image", "truth", "semantic", "instances (score ≥ 0.5)", "panoptic"]
+    shown = fig.axes[2].images[0].get_array()
+    np.testing.assert_array_equal(shown[0, 3], [0, 0, 255])            # class 2 is blue
+    plt.close(fig)
+
+
+def test_three_tasks_figure_checks_inputs():
+    images = torch.rand(1, 3, 4, 4)
+    masks = torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="semantic"):
+        three_tasks_figure(images, masks, masks[:, :3], [{}], PALETTE)
+    with pytest.raises(ValueError, match="segments"):
+        three_tasks_figure(images, masks, masks, [{"masks": 1}], PALETTE)

@@ -38,7 +38,13 @@ from .gates import show_attention_gates
 from .losses import plot_boundary_errors, plot_focal_loss, plot_loss_comparison
 from .masks import colorize, legend_patches, overlay, show_predictions, to_numpy_image
 from .panels import show_labels, show_maps
-from .queries import matching_figure, plot_cost_matrix, plot_layer_maps, plot_query_gallery
+from .queries import (
+    matching_figure,
+    plot_cost_matrix,
+    plot_layer_maps,
+    plot_query_gallery,
+    three_tasks_figure,
+)
 from .receptive_field import plot_receptive_field, receptive_field_extent, receptive_field_map
 from .refinements import crf_figure, tta_figure
 from .tasks import show_augmented, show_panels, show_tasks
@@ -61,4 +67,5 @@ __all__ = [
     "plot_compute_split", "plot_accuracy_vs_cost", "plot_iou_per_class",
     "show_model_predictions",
     "plot_cost_matrix", "matching_figure", "plot_layer_maps", "plot_query_gallery",
+    "three_tasks_figure",
 ]

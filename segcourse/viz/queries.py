@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import image_size
-from .detection import paint_instances
-from .masks import no_ticks, to_numpy_image
+from .detection import paint_instances, paint_panoptic
+from .masks import colorize, draw_grid, no_ticks, to_numpy_image
 
-__all__ = ["plot_cost_matrix", "matching_figure", "plot_layer_maps", "plot_query_gallery"]
+__all__ = ["plot_cost_matrix", "matching_figure", "plot_layer_maps", "plot_query_gallery",
+           "three_tasks_figure"]
 
 
 def _matrix(x, name: str, dims: int) -> np.ndarray:
@@ -147,5 +148,36 @@ def plot_query_gallery(mean_masks, titles, columns: int = 8):
         else:
             ax.axis("off")
     no_ticks(axes)
+    fig.tight_layout()
+    return fig
+
+
+def three_tasks_figure(images, masks, semantic, segments, palette, min_score: float = 0.5):
+    """One row per image: the image, its ground truth, and the three answers of one model --
+    the semantic map, the instances with score >= ``min_score`` (one colour each) and the
+    panoptic map (class colours, white segment borders, void black).
+
+    ``images [N, 3, H, W]``, ``masks`` and ``semantic`` ``[N, H, W]``, ``segments`` per image
+    a dict with ``masks``, ``scores`` and ``panoptic [H, W, 2]`` (a model's ``segment``).
+    """
+    N, H, W = len(images), *image_size(images[0])
+    for name, x in (("masks", masks), ("semantic", semantic)):
+        if tuple(x.shape) != (N, H, W):
+            raise ValueError(f"{name} must be [{N}, {H}, {W}] like the images, got "
+                             f"{tuple(x.shape)}")
+    if len(segments) != N or any(k not in s for s in segments
+                                 for k in ("masks", "scores", "panoptic")):
+        raise ValueError(f"segments must hold {N} dicts with 'masks', 'scores', 'panoptic'")
+    rows = []
+    for image, mask, sem, seg in zip(images, masks, semantic, segments):
+        keep = seg["scores"] >= min_score
+        instances, _ = paint_instances(image, seg["masks"][keep])
+        panoptic = paint_panoptic(seg["panoptic"][..., 0], seg["panoptic"][..., 1], palette)
+        rows.append([("image", to_numpy_image(image)), ("truth", colorize(mask, palette)),
+                     ("semantic", colorize(sem, palette)),
+                     (f"instances (score ≥ {min_score:g})", instances),
+                     ("panoptic", panoptic)])
+    fig, axes = plt.subplots(N, 5, figsize=(8.0, 1.65 * N + 0.3), squeeze=False)
+    draw_grid(axes, rows, title_size=8)
     fig.tight_layout()
     return fig

@@ -71,6 +71,12 @@ def test_layer_maps_grid_upsamples_each_map_to_the_image():
     plt.close(fig)
 
 
+def test_layer_maps_take_maps_of_different_sizes():
+    fig = plot_layer_maps(torch.rand(3, 8, 8), {"a": [torch.ones(2, 2), torch.ones(4, 4)]})
+    assert [ax.images[1].get_array().shape for ax in fig.axes] == [(8, 8), (8, 8)]
+    plt.close(fig)
+
+
 def test_layer_maps_need_equal_layers():
     with pytest.raises(ValueError, match="same number of layers"):
         plot_layer_maps(torch.rand(3, 8, 8), {"a": torch.rand(2, 4, 4), "b": torch.rand(3, 4, 4)})

@@ -94,16 +94,21 @@ def matching_figure(image, target_masks, names, pred_masks, rows, cols, pred_nam
 
 
 def plot_layer_maps(image, rows: dict, titles=None, point=None):
-    """A grid: one row per entry of ``rows`` (name -> maps ``[L, h, w]``), one column per layer.
+    """A grid: one row per entry of ``rows`` (name -> L maps), one column per layer.
 
-    Each map is upsampled to the image and drawn over it -- e.g. one query's cross-attention and
-    its predicted mask after every decoder layer. ``titles`` names the L columns.
+    A row's maps are a tensor ``[L, h, w]`` or a list of L ``[h_l, w_l]`` maps of different
+    sizes (a decoder's levels); each is upsampled to the image and drawn over it -- e.g. one
+    query's cross-attention and its mask at every decoder layer. ``titles`` names the columns.
     """
     H, W = image_size(image)
     if not rows:
         raise ValueError("rows must hold at least one name -> [L, h, w] maps")
-    maps = {name: _matrix(m, f"rows[{name!r}]", 3) for name, m in rows.items()}
-    layers = {m.shape[0] for m in maps.values()}
+    maps = {}
+    for name, m in rows.items():
+        layers = [_matrix(x, f"rows[{name!r}][{i}]", 2) for i, x in enumerate(m)]
+        maps[name] = [F.interpolate(torch.from_numpy(x)[None, None].float(), size=(H, W),
+                                    mode="nearest")[0, 0].numpy() for x in layers]
+    layers = {len(m) for m in maps.values()}
     if len(layers) != 1:
         raise ValueError(f"every row needs the same number of layers, got {sorted(layers)}")
     L = layers.pop()
@@ -111,9 +116,7 @@ def plot_layer_maps(image, rows: dict, titles=None, point=None):
         raise ValueError(f"titles must name the {L} columns, got {len(titles)}")
     fig, axes = plt.subplots(len(maps), L, figsize=(1.6 * L, 1.75 * len(maps) + 0.2),
                              squeeze=False)
-    for r, (name, m) in enumerate(maps.items()):
-        up = F.interpolate(torch.from_numpy(m)[:, None].float(), size=(H, W),
-                           mode="nearest")[:, 0].numpy()
+    for r, (name, up) in enumerate(maps.items()):
         for c in range(L):
             ax = axes[r, c]
             ax.imshow(to_numpy_image(image) * 0.4)

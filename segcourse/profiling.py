@@ -78,10 +78,18 @@ def _count_flops(model: nn.Module, size: tuple[int, int], in_channels: int) -> F
     was_training = model.training
     model.eval()
     device = _device(model)
+    # The counter's module tracker hooks every module input that requires grad; a parameter
+    # passed into a submodule (Mask2Former's query embeddings) then fails under no_grad
+    # ("Expected gradient function to be set"). Nothing is trained here: switch grads off.
+    trainable = [p for p in model.parameters() if p.requires_grad]
     try:
+        for p in trainable:
+            p.requires_grad_(False)
         with _flop_counter(model) as counter:
             model(torch.zeros(1, in_channels, *size, device=device))
     finally:
+        for p in trainable:
+            p.requires_grad_(True)
         model.train(was_training)
     return counter
 

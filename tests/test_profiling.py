@@ -152,3 +152,21 @@ def test_transformer_flops_match_the_decomposed_count_on_the_meta_device(name):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         meta_model(torch.empty(1, 3, 64, 96, device="meta"))
     assert gflops(models.build(name, num_classes=5), (64, 96)) * 1e9 == counter.get_total_flops()
+
+
+def test_gflops_counts_a_model_that_feeds_a_parameter_to_a_submodule():
+    """Mask2Former passes its query embeddings into decoder layers; the counter's module
+    tracker used to fail on such inputs under no_grad. Counted: one 4 x 8 @ 8 x 8 product."""
+
+    class Queries(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.queries = torch.nn.Parameter(torch.randn(4, 8))
+            self.layer = torch.nn.Linear(8, 8, bias=False)
+
+        def forward(self, images):
+            return self.layer(self.queries) + images.mean()
+
+    model = Queries()
+    assert gflops(model, (2, 2), in_channels=1) == 2 * 4 * 8 * 8 / 1e9
+    assert all(p.requires_grad for p in model.parameters())       # switched back on

@@ -155,8 +155,9 @@ def test_transformer_flops_match_the_decomposed_count_on_the_meta_device(name):
 
 
 def test_gflops_counts_a_model_that_feeds_a_parameter_to_a_submodule():
-    """Mask2Former passes its query embeddings into decoder layers; the counter's module
-    tracker used to fail on such inputs under no_grad. Counted: one 4 x 8 @ 8 x 8 product."""
+    """Mask2Former passes views of its query embeddings into decoder layers (under no_grad a
+    view of a parameter requires grad but has no grad_fn); the counter's module tracker used
+    to fail on such inputs. Counted: one 4 x 8 @ 8 x 8 product."""
 
     class Queries(torch.nn.Module):
         def __init__(self):
@@ -165,7 +166,7 @@ def test_gflops_counts_a_model_that_feeds_a_parameter_to_a_submodule():
             self.layer = torch.nn.Linear(8, 8, bias=False)
 
         def forward(self, images):
-            return self.layer(self.queries) + images.mean()
+            return self.layer(self.queries.expand(1, -1, -1)) + images.mean()
 
     model = Queries()
     assert gflops(model, (2, 2), in_channels=1) == 2 * 4 * 8 * 8 / 1e9

@@ -40,3 +40,15 @@ def test_fake_checkpoints_have_the_published_sizes(url, params):
 def test_fake_checkpoint_for_an_unknown_url_is_an_error():
     with pytest.raises(ValueError, match="no fake checkpoint"):
         full_dry_run.fake_torchvision_state("https://example.com/weights.pth")
+
+
+def test_fake_eomt_loads_through_the_converter_with_the_coco_labels():
+    transformers = pytest.importorskip("transformers")
+    from segcourse.models.eomt import from_hf
+
+    config = full_dry_run.fake_eomt_config()
+    assert config.num_labels == 133 and config.patch_size == 16
+    assert [config.id2label[i] for i in (15, 16)] == ["cat", "dog"]   # COCO panoptic ids
+    model = from_hf(transformers.EomtForUniversalSegmentation(config).eval())
+    with torch.no_grad():
+        assert model.semantic(torch.rand(1, 3, 64, 48)).shape == (1, 133, 64, 48)

@@ -12,8 +12,10 @@ This tool runs each chapter top to bottom with ``FULL = True`` after a preamble 
 - makes every ``OxfordPets`` split look 16 images long (indices wrap around), so loops over the
   data end quickly, and caps ``fit`` at one epoch;
 - answers ``torch.hub.load_state_dict_from_url`` with random tensors in the exact torchvision
-  layout of the requested checkpoint (VGG16, VGG16-BN, ResNet-50/101), and
-  ``SegformerForImageClassification.from_pretrained`` with a randomly initialised MiT-B0.
+  layout of the requested checkpoint (VGG16, VGG16-BN, ResNet-50/101),
+  ``SegformerForImageClassification.from_pretrained`` with a randomly initialised MiT-B0, and
+  ``EomtForUniversalSegmentation.from_pretrained`` with a small random EoMT that has the COCO
+  checkpoint's 133 labels and 16 x 16 patches (:func:`fake_eomt_config`).
 
 What it proves: every FULL cell executes -- downloads are wired to the reader, checkpoints load
 into the models with the expected names and shapes, shapes line up at the real-data sizes, the
@@ -111,6 +113,22 @@ def fake_torchvision_state(url: str) -> dict:
     raise ValueError(f"dry run: no fake checkpoint for {url}")
 
 
+def fake_eomt_config():
+    """A small random EoMT with the COCO-panoptic checkpoint's labels and patch size (a
+    ViT-L at 640 x 640 would take minutes per image on a CPU): 133 classes, cat and dog among
+    them, 16 x 16 patches, 4 registers, 4 query blocks."""
+    import transformers
+
+    names = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+             "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench",
+             "bird", "cat", "dog"]
+    id2label = {i: names[i] if i < len(names) else f"class {i}" for i in range(133)}
+    return transformers.EomtConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                   intermediate_size=256, num_blocks=2, num_queries=20,
+                                   image_size=640, patch_size=16, id2label=id2label,
+                                   label2id={v: k for k, v in id2label.items()})
+
+
 PREAMBLE = '''
 # --- full_dry_run preamble: offline fakes and caps (not part of the chapter) ---
 import functools, sys
@@ -137,6 +155,8 @@ try:
     import transformers
     transformers.SegformerForImageClassification.from_pretrained = classmethod(
         lambda cls, name, *args, **kwargs: cls(transformers.SegformerConfig()))   # MiT-B0 shape
+    transformers.EomtForUniversalSegmentation.from_pretrained = classmethod(
+        lambda cls, name, *args, **kwargs: cls(full_dry_run.fake_eomt_config()))
 except ImportError:
     pass
 '''

@@ -8,6 +8,7 @@
 - ``misc``       frozen BatchNorm for detection backbones
 - ``hungarian``  bipartite matching: the one-to-one assignment of least total cost
 - ``point_sampling``  maps read at points; PointRend's choice of the most uncertain points
+- ``deformable_attention``  multi-scale deformable attention (Deformable DETR), via grid_sample
 """
 
 from .boxes import (
@@ -19,6 +20,7 @@ from .boxes import (
     encode_boxes,
     remove_small_boxes,
 )
+from .deformable_attention import MultiScaleDeformableAttention, multi_scale_deformable_attention
 from .hungarian import hungarian
 from .matching import BACKGROUND, IGNORE, match_boxes, sample_balanced
 from .misc import FrozenBatchNorm2d, convert_frozen_batchnorm
@@ -31,4 +33,5 @@ __all__ = ["box_area", "box_iou", "encode_boxes", "decode_boxes", "clip_boxes",
            "remove_small_boxes", "nms", "batched_nms", "roi_align", "as_rois", "BBOX_CLIP"]
 __all__ += ["MultiScaleRoIAlign", "match_boxes", "sample_balanced", "BACKGROUND", "IGNORE",
             "FrozenBatchNorm2d", "convert_frozen_batchnorm"]
-__all__ += ["hungarian", "point_sample", "uncertain_points"]
+__all__ += ["hungarian", "point_sample", "uncertain_points", "MultiScaleDeformableAttention",
+            "multi_scale_deformable_attention"]

@@ -224,13 +224,16 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
        ignored gives 0 with a gradient (torch's ``F.cross_entropy`` gives NaN), so the history
        stays finite. With the default loss the masks must be int64 ``[N, H, W]``.
     2. **Models that return their losses**, marked by the class attribute
-       ``returns_losses = True`` (Mask R-CNN, Panoptic FPN): in training mode
-       ``model(images, targets)`` returns a dict of named scalar losses, e.g.
+       ``returns_losses = True`` (Mask R-CNN, Panoptic FPN, Mask2Former, EoMT): in training
+       mode ``model(images, targets)`` returns a dict of named scalar losses, e.g.
        ``{"loss_rpn_box": ..., "loss_mask": ...}``.
     3. **A step function** ``step(model, batch) -> dict[str, Tensor]`` (or one tensor) for
        trainers with their own logic (click simulation, several forward passes). It gets the
        batch already on the device and the module to call -- under torchrun the
        ``DistributedDataParallel`` wrapper (the model itself is its ``.module``).
+
+    A model with a method ``plan_training(total_steps)`` is told the run's number of optimizer
+    steps before the first one (EoMT anneals its masked attention over the run).
 
     Bad data is a ``ValueError`` at the first batch, naming ``train_data`` or ``val_data``: an
     empty dataset, a tuple ``(images, masks)`` of different N, masks ``[N, 1, H, W]`` or of a
@@ -309,6 +312,10 @@ def fit(model: nn.Module, train_data, val_data=None, *, epochs: int | None = 5,
     if scheduler == "warmup_cosine" and not 1 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps must be in 1..{total_steps - 1} (the training steps - "
                          f"1), got {warmup_steps}")
+    # a model whose training schedule follows the run's length (EoMT's mask annealing)
+    plan = getattr(model, "plan_training", None)
+    if callable(plan):
+        plan(total_steps)
     model.to(device)
     net = model  # what the forward pass runs: the model itself, or its DDP wrapper
     if is_distributed():

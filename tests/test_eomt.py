@@ -389,3 +389,34 @@ def test_semantic_and_segment_answer_all_three_tasks_at_the_input_size():
     assert scores.shape == (1, 3, 33, 47)
     assert result["panoptic"].shape == (33, 47, 2) and result["masks"].shape[-2:] == (33, 47)
     assert set(result["categories"].tolist()) <= {1, 2}  # thing classes only
+
+
+def test_small_anneals_over_the_run_fit_plans(monkeypatch):
+    """SMALL has anneal_steps=None: fit announces its run (plan_training) and the annealing
+    spans it; outside fit, without a plan, training refuses with a clear error."""
+    import segcourse.models.eomt as eomt_module
+
+    assert eomt_module.SMALL.anneal_steps is None
+    model = tiny(anneal_steps=None, num_blocks=2).train()
+    images, targets = torch.rand(1, 3, 32, 32), torch.zeros(1, 32, 32, dtype=torch.long)
+    with pytest.raises(ValueError, match="plan_training"):
+        model(images, targets)
+    model.plan_training(60)                    # windows [10, 20] and [40, 50] of 60 steps
+    seen = []
+    for step in range(61):
+        model.train_step.fill_(step)
+        model._anneal()
+        seen.append(model.attn_mask_probs.tolist())
+    assert seen[10] == [1.0, 1.0] and seen[20] == [0.0, 1.0] and seen[50] == [0.0, 0.0]
+    torch.testing.assert_close(torch.tensor(seen[15][0]), torch.tensor(0.5 ** 0.9))
+
+
+def test_fit_tells_the_model_its_run_length():
+    from segcourse.train import fit
+
+    model = tiny(anneal_steps=None)
+    data = (torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32)))
+    fit(model, data, max_steps=3, batch_size=2, progress=False, device="cpu")
+    assert model._run == (0, 3) and int(model.train_step) == 3
+    # set at step 2 of 3: block 0's window [0.5, 1] is over, block 1's [2, 2.5] just begins
+    assert model.attn_mask_probs.tolist() == [0.0, 1.0]

@@ -301,6 +301,8 @@ def test_set_model_trains_on_a_semantic_map(set_model):
     x = torch.rand(2, 3, 48, 56)
     target = torch.randint(0, NUM_CLASSES, (2, 48, 56))
     target[0, :4] = 255                                           # ignored pixels
+    if hasattr(set_model, "plan_training"):                       # as fit does (EoMT)
+        set_model.plan_training(10)
     losses = set_model(x, target)
     assert set(losses) == {"loss_class", "loss_mask", "loss_dice"}
     sum(losses.values()).backward()

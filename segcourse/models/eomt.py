@@ -28,7 +28,9 @@ The annealing works through ``segcourse.train.fit`` (one ``model(images, targets
 callbacks): the model counts its steps in the buffer ``train_step`` (saved with the weights) and
 sets ``attn_mask_probs`` from :func:`mask_annealing_probs` before each, as the authors'
 ``on_train_batch_end`` does from Lightning's ``global_step``. Set ``anneal_steps`` to the run's
-optimizer steps; ``anneal_steps=0`` leaves ``attn_mask_probs`` as you set it.
+optimizer steps, or ``None`` (SMALL's default): the run ``fit`` is about to train, which it
+announces by calling ``model.plan_training(total_steps)``. ``anneal_steps=0`` leaves
+``attn_mask_probs`` as you set it.
 
 Where we differ from the reference, and why:
 
@@ -83,7 +85,9 @@ class EomtConfig:
     num_upscale_blocks: int = 2  # ScaleBlocks (2x each): max(1, log2(patch) - 2) -> stride 4
     layerscale_init: float = 1e-5  # LayerScale's initial gamma (DINOv2's init_values)
     layer_norm_eps: float = 1e-6  # DINOv2 / timm ViT LayerNorm eps
-    anneal_steps: int = 88692  # T: optimizer steps the annealing spans (authors: 12 COCO epochs)
+    # T: optimizer steps the annealing spans (authors: 12 COCO epochs); None: the length of the
+    # segcourse.train.fit run, which tells the model (plan_training)
+    anneal_steps: int | None = 88692
     anneal_power: float = 0.9  # P_i = (1 - progress) ** 0.9 (the authors' poly_power)
     # the set criterion (Mask2Former's, as the authors train EoMT)
     no_object_weight: float = 0.1  # class weight of "no object" in the cross-entropy
@@ -105,7 +109,7 @@ class EomtConfig:
 SMALL = EomtConfig(num_classes=5, hidden_size=128, num_layers=6, num_heads=4, patch_size=8,
                    image_size=(64, 64), num_queries=16, num_blocks=3, num_upscale_blocks=1,
                    layerscale_init=0.1,  # CaiT's value for shallow nets trained from scratch
-                   anneal_steps=2000, num_points=256)
+                   anneal_steps=None, num_points=256)
 # ViT-L/16 at 640 x 640 on COCO panoptic (133 classes): tue-mps/coco_panoptic_eomt_large_640
 # (configs/dinov2/coco/panoptic/eomt_large_640.yaml; HF EomtConfig's defaults).
 PAPER = EomtConfig(num_classes=133)
@@ -118,7 +122,8 @@ def check_config(c: EomtConfig) -> None:
                  "num_points"):
         check_count(getattr(c, name), f"config.{name}")
     check_count(c.num_register_tokens, "config.num_register_tokens", minimum=0)
-    check_count(c.anneal_steps, "config.anneal_steps", minimum=0)
+    if c.anneal_steps is not None:
+        check_count(c.anneal_steps, "config.anneal_steps", minimum=0)
     if c.hidden_size % c.num_heads:
         raise ValueError(f"config.hidden_size {c.hidden_size} is not divisible by "
                          f"config.num_heads {c.num_heads}")
@@ -346,12 +351,25 @@ class EoMT(nn.Module, MaskClassifier):
         mask[:, :Q, Q + self.num_prefix_tokens:] = inside
         return mask[:, None]  # one mask for all heads
 
+    def plan_training(self, total_steps: int) -> None:
+        """Called by ``segcourse.train.fit`` before it trains ``total_steps`` optimizer steps:
+        with ``anneal_steps=None`` the annealing spans exactly this run, from the current step."""
+        self._run = (int(self.train_step), check_count(total_steps, "total_steps"))
+
     def _anneal(self) -> None:
         """Set ``attn_mask_probs`` for this optimizer step, then count the step."""
         c = self.config
-        if c.anneal_steps > 0:
-            probs = mask_annealing_probs(int(self.train_step), c.anneal_steps, c.num_blocks,
-                                         c.anneal_power)
+        start, span = 0, c.anneal_steps
+        if span is None:
+            if getattr(self, "_run", None) is None:
+                raise ValueError("EomtConfig.anneal_steps=None anneals over the run that "
+                                 "segcourse.train.fit plans (model.plan_training(total_steps)); "
+                                 "in your own loop call plan_training first, or set "
+                                 "anneal_steps")
+            start, span = self._run
+        if span > 0:
+            probs = mask_annealing_probs(max(int(self.train_step) - start, 0), span,
+                                         c.num_blocks, c.anneal_power)
             self.attn_mask_probs.copy_(probs)
         self.train_step.add_(1)
 

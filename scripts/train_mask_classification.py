@@ -69,10 +69,8 @@ def main(argv=None):
     scenes = ShapesDataset(iterations * batch_size, seed=0, **DATA)
     train = InstanceTargets(scenes)          # every iteration sees new scenes
     held_out = ShapesDataset(args.val_samples, seed=1, **DATA)
-    # EoMT anneals its masked attention away over the whole run (its own step counter)
-    schedule = {"anneal_steps": iterations} if args.model == "eomt" else {}
-    model = models.build(args.model, len(scenes.classes), thing_classes=scenes.thing_classes,
-                         **schedule)
+    # (EoMT anneals its masked attention away over the run: fit tells it the length)
+    model = models.build(args.model, len(scenes.classes), thing_classes=scenes.thing_classes)
     start, cpu_start = time.perf_counter(), time.process_time()
     history = fit(model, train, max_steps=iterations, batch_size=batch_size, lr=lr,
                   weight_decay=0.05, scheduler="warmup_cosine",

@@ -42,8 +42,8 @@ from segcourse.train import fit, seed_everything  # noqa: E402
 
 DATA = dict(size=64, num_things=3, max_instances=5)
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-# per model: iterations, batch size, peak learning rate (chosen on a separate validation seed)
-RECIPES = {"mask2former": (2000, 8, 1e-3), "eomt": (2000, 8, 1e-3)}
+# per model: iterations, batch size, peak learning rate
+RECIPES = {"mask2former": (8000, 8, 1e-3), "eomt": (8000, 8, 1e-3)}
 
 
 def main(argv=None):

@@ -25,10 +25,13 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import models
+from .data import InstanceTargets
+from .evaluate import evaluate_panoptic
 from .train import evaluate, fit, seed_everything
 
 __all__ = ["CPU_BUDGET", "count_parameters", "gflops", "gflops_by_module", "cpu_latency", "profile",
-           "compare_models", "format_table"]
+           "compare_models", "format_table", "answer_latency", "panoptic_profile",
+           "format_panoptic_table"]
 
 # The shared budget of chapter 9 on a 2-core CPU (about a minute for all nine models): few
 # images but many small steps, which teaches a model more per second than a few large batches.
@@ -145,6 +148,63 @@ def cpu_latency(model: nn.Module, size: tuple[int, int] = (256, 256), in_channel
     finally:
         model.to(device).train(was_training)
     return statistics.median(times)
+
+
+@torch.no_grad()
+def answer_latency(model: nn.Module, size: tuple[int, int] = (64, 64), in_channels: int = 3,
+                   repeats: int = 11, warmup: int = 1) -> float:
+    """Median CPU seconds of a model's whole answer for one image: ``model.segment(x)`` where it
+    exists (a mask classifier's forward pass plus its semantic, instance and panoptic
+    post-processing), else ``model(x)`` (Panoptic FPN's forward includes NMS and fusion)."""
+    device = _device(model)
+    was_training = model.training
+    model.cpu().eval()
+    run = getattr(model, "segment", None) or model
+    x = torch.rand(1, in_channels, *size, generator=torch.Generator().manual_seed(0))
+    try:
+        for _ in range(warmup):
+            run(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+    finally:
+        model.to(device).train(was_training)
+    return statistics.median(times)
+
+
+def panoptic_profile(model: nn.Module, scenes, size: tuple[int, int] = (64, 64),
+                     repeats: int = 11) -> dict:
+    """One row of chapter 10's table: a panoptic model on ``scenes`` (a ``ShapesDataset``).
+
+    ``params``; ``gflops`` of the forward pass and ``latency_ms`` of the whole answer
+    (:func:`answer_latency`) at ``size``; mask AP@0.5, PQ, SQ, RQ and PQ of things and stuff
+    (``segcourse.evaluate.evaluate_panoptic``); and ``miou`` where the model answers the
+    semantic task itself (it has ``semantic``: Panoptic FPN's semantic head knows only stuff
+    and "thing").
+    """
+    row = {"params": count_parameters(model), "gflops": gflops(model, size),
+           "latency_ms": 1000 * answer_latency(model, size, repeats=repeats)}
+    row.update(evaluate_panoptic(model, InstanceTargets(scenes)))
+    if callable(getattr(model, "semantic", None)):
+        row["miou"] = evaluate(model, scenes, len(scenes.classes))["miou"]
+    return row
+
+
+def format_panoptic_table(rows: dict) -> str:
+    """A plain-text table of :func:`panoptic_profile` rows, ``{model name: row}``."""
+    columns = [("params", "params", 10, ","), ("GFLOPs", "gflops", 6, ".2f"),
+               ("CPU ms", "latency_ms", 6, ".1f"), ("mIoU", "miou", 5, ".3f"),
+               ("AP50", "mask_ap50", 5, ".3f"), ("PQ", "pq", 5, ".3f"),
+               ("PQth", "pq_things", 5, ".3f"), ("PQst", "pq_stuff", 5, ".3f")]
+    width = max(len(name) for name in rows)
+    lines = [" " * width + "".join(f" {title:>{w}}" for title, _, w, _ in columns)]
+    for name, r in rows.items():  # "-": a task the model does not answer
+        cells = "".join(f" {r[key]:>{w}{fmt}}" if key in r else f" {'-':>{w}}"
+                        for _, key, w, fmt in columns)
+        lines.append(f"{name:>{width}}{cells}")
+    return "\n".join(lines)
 
 
 def profile(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3,

@@ -12,12 +12,15 @@ import torch.nn.functional as F
 from segcourse.data import ShapesDataset
 from segcourse.metrics import mean_iou
 from segcourse.profiling import (
+    answer_latency,
     compare_models,
     count_parameters,
     cpu_latency,
+    format_panoptic_table,
     format_table,
     gflops,
     gflops_by_module,
+    panoptic_profile,
     profile,
 )
 
@@ -171,3 +174,50 @@ def test_gflops_counts_a_model_that_feeds_a_parameter_to_a_submodule():
     model = Queries()
     assert gflops(model, (2, 2), in_channels=1) == 2 * 4 * 8 * 8 / 1e9
     assert all(p.requires_grad for p in model.parameters())       # switched back on
+
+
+def test_answer_latency_times_segment_where_a_model_has_it():
+    class Answers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1))
+            self.calls = {"forward": 0, "segment": 0}
+
+        def forward(self, x):
+            self.calls["forward"] += 1
+            return x
+
+        def segment(self, x):
+            self.calls["segment"] += 1
+            return [x]
+
+    model = Answers().train()
+    seconds = answer_latency(model, (32, 32), repeats=3, warmup=1)
+    assert seconds >= 0 and model.calls == {"forward": 0, "segment": 4} and model.training
+    del Answers.segment
+    answer_latency(model, (32, 32), repeats=3, warmup=1)
+    assert model.calls["forward"] == 4
+
+
+def test_panoptic_profile_answers_every_task_of_a_mask_classifier():
+    from segcourse.models.mask2former import mask2former
+
+    torch.manual_seed(0)
+    scenes = ShapesDataset(4, size=64, seed=1)
+    model = mask2former(5, thing_classes=scenes.thing_classes)
+    row = panoptic_profile(model, scenes, repeats=1)
+    assert {"params", "gflops", "latency_ms", "miou", "mask_ap50", "pq", "pq_things",
+            "pq_stuff"} <= set(row)
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert all(0 <= row[k] <= 1 for k in ("miou", "mask_ap50", "pq"))
+
+
+def test_panoptic_table_by_hand():
+    rows = {"a": {"params": 1234, "gflops": 0.5, "latency_ms": 2.25, "mask_ap50": 0.5,
+                  "pq": 0.25, "pq_things": 0.125, "pq_stuff": 1.0},
+            "bb": {"params": 5, "gflops": 1.0, "latency_ms": 10.0, "miou": 0.75,
+                   "mask_ap50": 1.0, "pq": 1.0, "pq_things": 1.0, "pq_stuff": 1.0}}
+    assert format_panoptic_table(rows).splitlines() == [
+        "       params GFLOPs CPU ms  mIoU  AP50    PQ  PQth  PQst",
+        " a      1,234   0.50    2.2     - 0.500 0.250 0.125 1.000",
+        "bb          5   1.00   10.0 0.750 1.000 1.000 1.000 1.000"]

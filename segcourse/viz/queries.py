@@ -45,7 +45,9 @@ def plot_cost_matrix(cost, rows, cols, row_label: str = "query", col_label: str 
     if ax is None:
         width = min(1.2 + 0.45 * cost.shape[1], 7.5)
         fig, ax = plt.subplots(figsize=(width, min(1.0 + 0.22 * cost.shape[0], 7.5)))
-    image = ax.imshow(cost, cmap="viridis_r", aspect="auto", interpolation="nearest")
+    # a few very costly pairs (a stuff mask against an object) would flatten the colour scale
+    image = ax.imshow(cost, cmap="viridis_r", aspect="auto", interpolation="nearest",
+                      vmax=float(np.percentile(cost, 90)) if cost.size else None)
     ax.scatter(cols, rows, s=90, facecolors="none", edgecolors="w", linewidths=1.6)
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
@@ -53,7 +55,8 @@ def plot_cost_matrix(cost, rows, cols, row_label: str = "query", col_label: str 
     ax.set_xticklabels(col_names if col_names is not None else range(cost.shape[1]),
                        rotation=45 if col_names is not None else 0, ha="right"
                        if col_names is not None else "center", fontsize=8)
-    ax.figure.colorbar(image, ax=ax, label="cost (lower is better)", fraction=0.08)
+    ax.figure.colorbar(image, ax=ax, label="cost (lower is better)", fraction=0.08,
+                       extend="max")
     ax.set_title("matching cost; circles: the assignment", fontsize=10)
     return ax.figure
 
@@ -79,7 +82,7 @@ def matching_figure(image, target_masks, names, pred_masks, rows, cols, pred_nam
     n = len(cols)
     if n == 0:
         raise ValueError("the matching is empty: nothing to show")
-    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 3.7), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 4.1), squeeze=False)
     for k, (q, m) in enumerate(zip(rows, cols)):
         top, _ = paint_instances(image, target_masks[m:m + 1] > 0.5)
         axes[0, k].imshow(top)

@@ -130,24 +130,28 @@ def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
 
 
 @torch.no_grad()
-def cpu_latency(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3,
-                repeats: int = 5, warmup: int = 1) -> float:
-    """Median seconds of a CPU forward pass of one image (the model is copied to the CPU)."""
+def _median_seconds(model: nn.Module, run, x: torch.Tensor, repeats: int, warmup: int) -> float:
+    """Median wall time of ``run(x)`` with ``model`` on the CPU in eval mode (both restored)."""
     device = _device(model)
     was_training = model.training
     model.cpu().eval()
-    x = torch.zeros(1, in_channels, *size)
     try:
         for _ in range(warmup):
-            model(x)
+            run(x)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            model(x)
+            run(x)
             times.append(time.perf_counter() - start)
     finally:
         model.to(device).train(was_training)
     return statistics.median(times)
+
+
+def cpu_latency(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3,
+                repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds of a CPU forward pass of one image (the model is copied to the CPU)."""
+    return _median_seconds(model, model, torch.zeros(1, in_channels, *size), repeats, warmup)
 
 
 @torch.no_grad()
@@ -156,22 +160,8 @@ def answer_latency(model: nn.Module, size: tuple[int, int] = (64, 64), in_channe
     """Median CPU seconds of a model's whole answer for one image: ``model.segment(x)`` where it
     exists (a mask classifier's forward pass plus its semantic, instance and panoptic
     post-processing), else ``model(x)`` (Panoptic FPN's forward includes NMS and fusion)."""
-    device = _device(model)
-    was_training = model.training
-    model.cpu().eval()
-    run = getattr(model, "segment", None) or model
     x = torch.rand(1, in_channels, *size, generator=torch.Generator().manual_seed(0))
-    try:
-        for _ in range(warmup):
-            run(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
-    finally:
-        model.to(device).train(was_training)
-    return statistics.median(times)
+    return _median_seconds(model, getattr(model, "segment", None) or model, x, repeats, warmup)
 
 
 def panoptic_profile(model: nn.Module, scenes, size: tuple[int, int] = (64, 64),

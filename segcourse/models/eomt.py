@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_class_ids, check_count, check_model_input
+from .._checks import check_count, check_model_input
 from . import register
 from .config import configure
 from .mask_inference import MaskClassifier
@@ -269,11 +269,7 @@ class EoMT(nn.Module, MaskClassifier):
         check_config(config)
         c = self.config = config
         self.num_classes, self.in_channels = c.num_classes, c.in_channels
-        self.thing_classes = check_class_ids(thing_classes, "thing_classes", allow_empty=True)
-        if any(k >= c.num_classes for k in self.thing_classes):
-            raise ValueError(f"thing_classes {self.thing_classes} must be class ids below "
-                             f"num_classes {c.num_classes}")
-        self.stuff_classes = tuple(k for k in range(c.num_classes) if k not in self.thing_classes)
+        self.set_categories(c.num_classes, thing_classes)
         D, P = c.hidden_size, c.patch_size
         self.grid = (c.image_size[0] // P, c.image_size[1] // P)  # the stored position grid
         self.num_prefix_tokens = 1 + c.num_register_tokens  # class token + registers

@@ -204,6 +204,15 @@ class MaskClassifier:
     class attributes (Mask2Former's defaults) that a model or its user may override.
     """
 
+    def set_categories(self, num_classes: int, thing_classes) -> None:
+        """``thing_classes``: the class ids (below ``num_classes``) of countable objects;
+        ``stuff_classes``: every other class."""
+        self.thing_classes = check_class_ids(thing_classes, "thing_classes", allow_empty=True)
+        if any(k >= num_classes for k in self.thing_classes):
+            raise ValueError(f"thing_classes {self.thing_classes} must be class ids below "
+                             f"num_classes = {num_classes}")
+        self.stuff_classes = tuple(k for k in range(num_classes) if k not in self.thing_classes)
+
     object_mask_threshold: float = 0.8  # panoptic: least class probability of a segment
     overlap_threshold: float = 0.8      # panoptic: least share of its mask a segment keeps
     top_k: int = 100                    # instance: detections per image (Detectron2's 100)

@@ -38,23 +38,48 @@ WORKER = textwrap.dedent('''
 ''')
 
 
+def _kill_worker(pid: int, script) -> None:
+    """SIGKILL ``pid`` if it still runs ``script`` (a finished worker's pid may be reused;
+    where /proc is missing, e.g. macOS, nothing is killed)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if str(script).encode() in f.read():
+                os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+
+
 def _torchrun_two_processes(worker: str, tmp_path) -> None:
-    """Run ``worker`` (source text) under torchrun with two CPU processes; it writes to tmp_path."""
+    """Run ``worker`` (source text) under torchrun with two CPU processes; it writes to tmp_path.
+
+    Output goes to files, not pipes: a worker left behind by a failing torchrun would hold a
+    pipe open and block the test forever. Each worker records its pid first, and every one
+    still running at the end is killed (torchrun may put them outside its process group).
+    """
     script = tmp_path / "worker.py"
-    script.write_text(worker)
+    script.write_text("import os, sys\nopen(os.path.join(sys.argv[1], f'pid{os.getpid()}'), "
+                      "'w').close()\n" + worker)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), str(tmp_path)]
-    # its own session, so that a timeout ends torchrun AND its workers (no hung processes)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    logs = {name: tmp_path / f"{name}.txt" for name in ("stdout", "stderr")}
     try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired as timeout:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        raise AssertionError("torchrun timed out after 300 s\n" + stdout[-3000:]
-                             + stderr[-3000:]) from timeout
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        with open(logs["stdout"], "w") as out, open(logs["stderr"], "w") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True)
+            try:
+                proc.wait(timeout=300)
+            except subprocess.TimeoutExpired as timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise AssertionError("torchrun timed out after 300 s\n" + _tails(logs)) \
+                    from timeout
+    finally:
+        for pid_file in tmp_path.glob("pid*"):
+            _kill_worker(int(pid_file.name[3:]), script)
+    assert proc.returncode == 0, _tails(logs)
+
+
+def _tails(logs: dict) -> str:
+    return "\n".join(path.read_text()[-3000:] for path in logs.values())
 
 
 def test_two_processes_end_with_identical_weights(tmp_path):

@@ -13,7 +13,14 @@ cosine decay to 0, gradients clipped. One model, one training run, panoptic targ
 then scored on held-out scenes (another seed) for all three tasks from the same outputs:
 semantic mIoU (``segcourse.evaluate.evaluate``), mask AP@0.5 and PQ
 (``segcourse.evaluate.evaluate_panoptic``). The scores, the training log, the command and its
-CPU time are stored in the checkpoint.
+CPU time are stored in the checkpoint. Held-out results of the shipped files (200 scenes):
+
+    model         mIoU   mask AP@0.5   PQ     PQ things  PQ stuff  CPU time (1 thread)
+    Mask2Former   0.869  0.876         0.846  0.755      0.982     11 min
+    EoMT          0.815  0.845         0.813  0.699      0.983     14 min
+
+(chapter 7's Panoptic FPN, same scenes: mask AP@0.5 0.837, PQ 0.806). At 3,000 iterations
+Mask2Former had PQ 0.767: set prediction keeps improving long after per-pixel models settle.
 
 Weights are stored in float16 so the file stays small; they load into a float32 model with
 ``segcourse.train.load_checkpoint``. A different CPU or thread count changes the floating-point

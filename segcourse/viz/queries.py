@@ -47,7 +47,7 @@ def plot_cost_matrix(cost, rows, cols, row_label: str = "query", col_label: str 
         fig, ax = plt.subplots(figsize=(width, min(1.0 + 0.22 * cost.shape[0], 7.5)))
     # a few very costly pairs (a stuff mask against an object) would flatten the colour scale
     image = ax.imshow(cost, cmap="viridis_r", aspect="auto", interpolation="nearest",
-                      vmax=float(np.percentile(cost, 90)) if cost.size else None)
+                      vmax=float(np.percentile(cost, 75)) if cost.size else None)
     ax.scatter(cols, rows, s=90, facecolors="none", edgecolors="w", linewidths=1.6)
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)

@@ -10,7 +10,8 @@ This tool runs each chapter top to bottom with ``FULL = True`` after a preamble 
 - points ``data/pets`` at a fake Oxford-IIIT Pet in the published on-disk layout (tiny random
   photos with a blob-shaped pet, real split sizes) so nothing is downloaded;
 - makes every ``OxfordPets`` split look 16 images long (indices wrap around), so loops over the
-  data end quickly, and caps ``fit`` at one epoch;
+  data end quickly, and caps ``fit`` at one epoch and at most 20 steps (the recipes that stand
+  in for a missing checkpoint, chapters 7 and 10, ask for thousands);
 - answers ``torch.hub.load_state_dict_from_url`` with random tensors in the exact torchvision
   layout of the requested checkpoint (VGG16, VGG16-BN, ResNet-50/101),
   ``SegformerForImageClassification.from_pretrained`` with a randomly initialised MiT-B0, and
@@ -146,6 +147,10 @@ _fit = segcourse.train.fit
 @functools.wraps(_fit)
 def _one_epoch_fit(*args, **kwargs):
     kwargs["epochs"] = 1
+    if kwargs.get("max_steps"):  # a recipe of thousands of steps: a few are enough here
+        kwargs["max_steps"] = min(kwargs["max_steps"], 20)
+        if kwargs.get("warmup_steps"):
+            kwargs["warmup_steps"] = min(kwargs["warmup_steps"], 2)
     return _fit(*args, **kwargs)
 segcourse.train.fit = segcourse.profiling.fit = _one_epoch_fit
 

@@ -80,9 +80,15 @@ def _check_fraction(value, name: str) -> float:
     return float(value)
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 logits (mixed precision) in float32; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _upsample(mask_logits: torch.Tensor, size) -> torch.Tensor:
     """``[B, Q, h, w]`` mask logits -> ``[B, Q, H, W]`` float, bilinear (align_corners=False)."""
-    return F.interpolate(mask_logits.float(), size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(_at_least_float32(mask_logits), size=size, mode="bilinear",
+                         align_corners=False)
 
 
 # ---------------------------------------------------------------- semantic
@@ -96,7 +102,7 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     """
     _check_outputs(class_logits, mask_logits)
     size = check_size(size)
-    probs = class_logits.float().softmax(-1)[..., :-1]  # drop "no object"
+    probs = _at_least_float32(class_logits).softmax(-1)[..., :-1]  # drop "no object"
     return torch.einsum("bqk,bqhw->bkhw", probs, _upsample(mask_logits, size).sigmoid())
 
 
@@ -147,7 +153,7 @@ def panoptic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, si
     things = _check_things(thing_classes, class_logits.shape[-1] - 1)
     object_mask_threshold = _check_fraction(object_mask_threshold, "object_mask_threshold")
     overlap_threshold = _check_fraction(overlap_threshold, "overlap_threshold")
-    probs = class_logits.float().softmax(-1)
+    probs = _at_least_float32(class_logits).softmax(-1)
     masks = _upsample(mask_logits, size).sigmoid()
     return [_panoptic(p, m, things, object_mask_threshold, overlap_threshold)
             for p, m in zip(probs, masks)]
@@ -189,7 +195,7 @@ def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, si
     size = check_size(size)
     things = _check_things(thing_classes, class_logits.shape[-1] - 1)
     top_k = check_count(top_k, "top_k")
-    probs = class_logits.float().softmax(-1)
+    probs = _at_least_float32(class_logits).softmax(-1)
     masks = _upsample(mask_logits, size)
     return [_instances(p, m, things, top_k) for p, m in zip(probs, masks)]
 
@@ -243,7 +249,7 @@ class MaskClassifier:
         top_k = check_count(self.top_k, "top_k")
         thresholds = (_check_fraction(self.object_mask_threshold, "object_mask_threshold"),
                       _check_fraction(self.overlap_threshold, "overlap_threshold"))
-        probs = class_logits.float().softmax(-1)
+        probs = _at_least_float32(class_logits).softmax(-1)
         results = []
         for p, m in zip(probs, _upsample(mask_logits, images.shape[-2:])):  # upsampled once
             result = _instances(p, m, things, top_k)

@@ -1,6 +1,7 @@
 """Mask2Former: equal to HF transformers (random weights, no download), HF's parameter counts at
 the COCO-panoptic sizes, any image size, masked attention that really masks, training."""
 
+import inspect
 import math
 import types
 
@@ -241,12 +242,13 @@ def test_pixel_decoder_shapes_and_hf_position_embedding():
     mask_features, levels = dec(feats)
     assert mask_features.shape == (1, 16, 25, 33)
     assert [tuple(f.shape[-2:]) for f in levels] == [(4, 5), (7, 9), (13, 17)]
-    try:
-        theirs = hf_m2f.Mask2FormerSinePositionEmbedding(num_position_features=16,
-                                                         normalize=True)
+    # the argument names changed across transformers versions (4.57: num_pos_feats)
+    init = inspect.signature(hf_m2f.Mask2FormerSinePositionEmbedding).parameters
+    width = "num_position_features" if "num_position_features" in init else "num_pos_feats"
+    theirs = hf_m2f.Mask2FormerSinePositionEmbedding(**{width: 16}, normalize=True)
+    if "shape" in inspect.signature(theirs.forward).parameters:
         pos = theirs(torch.Size([1, 32, 7, 9]), "cpu", torch.float32)
-    except TypeError:  # transformers 4.x: num_pos_feats, forward(x)
-        theirs = hf_m2f.Mask2FormerSinePositionEmbedding(num_pos_feats=16, normalize=True)
+    else:  # older: forward(x)
         pos = theirs(torch.zeros(1, 32, 7, 9))
     torch.testing.assert_close(sine_position_embedding(7, 9, 32)[None], pos)
     ref = encoder_reference_points([(2, 4), (1, 2)])

@@ -151,15 +151,15 @@ def scene(seed, Q=8, h=24, w=32):
 def hf_panoptic_map(result, things):
     """HF's (segment id map, segments_info) as segcourse's [H, W, 2] map."""
     seg = result["segmentation"].long()
-    out = torch.stack([torch.full_like(seg, VOID), torch.zeros_like(seg)], -1)
+    category, instance = torch.full_like(seg, VOID), torch.zeros_like(seg)
     labels = {s["id"]: s["label_id"] for s in result["segments_info"]}
     next_id = 1
     for sid in sorted(labels):
-        out[seg == sid, 0] = labels[sid]
+        category[seg == sid] = labels[sid]
         if labels[sid] in things:
-            out[seg == sid, 1] = next_id
+            instance[seg == sid] = next_id
             next_id += 1
-    return out
+    return torch.stack([category, instance], -1)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

@@ -436,6 +436,13 @@ def from_hf(hf_model, thing_classes=()) -> Mask2Former:
         for pattern, repl in _HF_RENAMES:
             key = re.sub(pattern, repl, key)
         state[key] = value
+    # transformers < 5 keeps the decoder's input projections in a plain list: used, but not in
+    # its state_dict (identity at the published sizes, where widths match); read them directly
+    projections = getattr(hf_model.model.transformer_module, "input_projections", None)
+    if isinstance(projections, list):
+        for i, proj in enumerate(projections):
+            for name, tensor in proj.state_dict().items():
+                state.setdefault(f"decoder.input_proj.{i}.{name}", tensor)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("criterion.")]
     if missing or unexpected:

@@ -94,13 +94,14 @@ transformers = pytest.importorskip("transformers")
 from transformers.models.sam.modeling_sam import SamVisionEncoder  # noqa: E402
 
 
-def hf_config(c: SamEncoderConfig, **kwargs):
+def hf_config(c: SamEncoderConfig, attn_implementation: str = "eager"):
     return transformers.SamVisionConfig(
         hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
         num_attention_heads=c.num_attention_heads, mlp_dim=c.mlp_dim, image_size=c.image_size,
         patch_size=c.patch_size, window_size=c.window_size,
         global_attn_indexes=list(c.global_attn_indexes), output_channels=c.output_channels,
-        qkv_bias=c.qkv_bias, layer_norm_eps=c.layer_norm_eps, **kwargs)
+        qkv_bias=c.qkv_bias, layer_norm_eps=c.layer_norm_eps,
+        attn_implementation=attn_implementation)
 
 
 @pytest.mark.parametrize("config,batch,attn", [(SMALL, 2, "eager"), (SMALL, 1, "sdpa"),
@@ -116,6 +117,21 @@ def test_equals_hf_sam_vision_encoder(config, batch, attn):
     grid = config.image_size // 16
     assert got.shape == expected.shape == (batch, config.output_channels, grid, grid)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_equals_hf_at_the_paper_geometry():
+    # 1024 px: a 64 x 64 grid, 14 x 14 windows padded to 70 x 70, a global block's 127-row
+    # tables -- vit_b's layout at width 16, so it runs in a fraction of a second
+    c = configure(ENCODERS["vit_b"], hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                  global_attn_indexes=(1,), output_channels=8)
+    hf = randomise(SamVisionEncoder(hf_config(c, attn_implementation="eager")), std=0.2).eval()
+    ours = SamImageEncoder(c).eval()
+    ours.load_state_dict(convert_hf_encoder_state_dict(hf.state_dict()))
+    assert ours.blocks[1].attn.rel_pos_h.shape == (127, 8)
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(pixel_values=x).last_hidden_state, atol=1e-4,
+                                   rtol=0)
 
 
 def test_rel_pos_table_equals_hf_get_rel_pos():

@@ -6,9 +6,10 @@ A. C. Berg, W.-Y. Lo, P. Dollar, R. Girshick, "Segment Anything", ICCV 2023
 facebookresearch/segment-anything (``segment_anything/modeling/image_encoder.py``, adapted there
 from detectron2's ViTDet backbone; the sizes in ``build_sam.py``) and HF transformers'
 ``models/sam/modeling_sam.py`` (``SamVisionEncoder``). ``tests/test_sam_image_encoder.py``
-checks that HF's encoder and ours give the same embeddings (to 1e-4) after
-:func:`convert_hf_encoder_state_dict`, that ``vit_b`` / ``vit_l`` / ``vit_h`` have HF's
-parameter counts, and that the official checkpoint's names load through
+checks that HF's encoder and ours give the same embeddings (to 1e-4; padded windows, and the
+paper's 1024-px geometry at a small width) after :func:`convert_hf_encoder_state_dict`, that
+``vit_b`` / ``vit_l`` / ``vit_h`` have HF's parameter counts (89.7 M, 308.3 M, 637.0 M), and
+that the official checkpoint's names and shapes load through
 :func:`convert_official_encoder_state_dict`.
 
 Read top to bottom, smallest piece first:
@@ -32,9 +33,11 @@ Read top to bottom, smallest piece first:
 Where we differ from the reference, and why:
 
 - The encoder takes exactly the ``image_size`` square (the model resizes the long side and pads,
-  as SAM's ``preprocess``); another size is a ``ValueError`` naming ``images``, not a broadcast
-  error in the position embedding. The reference does the same (HF says so, the authors assert
-  nothing and fail at the sum).
+  as SAM's ``preprocess``); another size is a ``ValueError`` naming ``images``. HF's patch
+  embedding refuses it too; the authors' code fails later, at the position-embedding sum.
+- :func:`rel_pos_table` keeps the reference's resize, but inside this encoder query and key
+  always span the table's own ``S`` (the window, or the grid of ``image_size``), so it never
+  resizes here; the tests exercise it directly against HF's ``get_rel_pos``.
 - Attention through ``F.scaled_dot_product_attention`` with the relative-position terms as an
   additive mask (HF's ``sdpa`` path); the authors materialise the softmax -- the same numbers to
   float precision.

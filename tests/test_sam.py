@@ -1,0 +1,135 @@
+"""The whole SAM against HF transformers' ``SamModel`` (random weights, no download)."""
+
+import pytest
+import torch
+
+from segcourse.models.sam import Sam, SamConfig, convert_official_state_dict, from_hf, sam
+
+transformers = pytest.importorskip("transformers")
+
+S = 64  # input side: a 4 x 4 embedding, 16 x 16 low-res masks
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    vision = transformers.SamVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=S, patch_size=16,
+        window_size=2, global_attn_indexes=[1], output_channels=32, mlp_dim=64, num_pos_feats=16)
+    config = transformers.SamConfig(
+        vision_config=vision.to_dict(),
+        prompt_encoder_config=dict(hidden_size=32, image_size=S, patch_size=16),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2,
+                                 iou_head_hidden_dim=32))
+    hf = transformers.SamModel(config).eval()
+    with torch.no_grad():  # every weight off its init; heads scaled so outputs are O(1)
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        hf.prompt_encoder.shared_embedding.positional_embedding.copy_(
+            hf.shared_image_embedding.positional_embedding)
+        for mlp in hf.mask_decoder.output_hypernetworks_mlps:
+            mlp.proj_out.weight.mul_(30.0)
+        hf.mask_decoder.iou_prediction_head.proj_out.weight.mul_(10.0)
+    return hf, from_hf(hf)
+
+
+def _compare(models, images, multimask=True, **prompts):
+    hf, ours = models
+    names = {"points": "input_points", "point_labels": "input_labels", "boxes": "input_boxes",
+             "mask_inputs": "input_masks"}
+    with torch.no_grad():
+        ref = hf(pixel_values=images, multimask_output=multimask,
+                 **{names[k]: v for k, v in prompts.items()})
+        out = ours(images, multimask_output=multimask, **prompts)
+    B, P = images.shape[0], ref.iou_scores.shape[1]
+    M = 3 if multimask else 1
+    assert out["mask_logits"].shape == (B, P, M, S // 4, S // 4)
+    assert out["iou_scores"].shape == (B, P, M)
+    torch.testing.assert_close(out["mask_logits"], ref.pred_masks, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["iou_scores"], ref.iou_scores, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("B, P", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("multimask", [True, False])
+def test_equal_hf(models, B, P, multimask):
+    g = torch.Generator().manual_seed(10 * B + P)
+    images = torch.randn(B, 3, S, S, generator=g)
+    points = torch.rand(B, P, 2, 2, generator=g) * (S - 1)
+    labels = torch.tensor([1, 0]).expand(B, P, 2)  # a positive and a negative click
+    xy = torch.rand(B, P, 2, 2, generator=g) * (S - 1)
+    boxes = torch.cat([xy.min(dim=2).values, xy.max(dim=2).values], dim=-1)
+    masks = torch.randn(B, 1, S // 4, S // 4, generator=g)
+    _compare(models, images, multimask, points=points, point_labels=labels)
+    _compare(models, images, multimask, boxes=boxes)
+    _compare(models, images, multimask, points=points, point_labels=labels, boxes=boxes)
+    _compare(models, images, multimask, points=points, point_labels=labels, mask_inputs=masks)
+
+
+def test_embed_once_decode_many(models):
+    _, ours = models
+    images = torch.randn(2, 3, S, S)
+    points, labels = torch.tensor([[[[10.0, 20.0]]]] * 2), torch.ones(2, 1, 1, dtype=torch.long)
+    with torch.no_grad():
+        emb = ours.embed(images)
+        torch.testing.assert_close(ours.decode(emb, points, labels)["mask_logits"],
+                                   ours(images, points, labels)["mask_logits"])
+    with pytest.raises(ValueError, match="embeddings must be"):
+        ours.decode(emb[:, :8], points, labels)
+    with pytest.raises(ValueError, match="prompts are for 2 images"):
+        ours.decode(emb[:1], points, labels)
+
+
+@pytest.mark.parametrize("variant", ["vit_b", "vit_l", "vit_h"])
+def test_parameter_counts_equal_hf(variant):
+    sizes = {"vit_b": {}, "vit_l": dict(hidden_size=1024, num_hidden_layers=24,
+                                        num_attention_heads=16,
+                                        global_attn_indexes=[5, 11, 17, 23]),
+             "vit_h": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+                           global_attn_indexes=[7, 15, 23, 31])}
+    with torch.device("meta"):
+        ours = sam(variant)
+        hf = transformers.SamModel(transformers.SamConfig(
+            vision_config=transformers.SamVisionConfig(**sizes[variant]).to_dict()))
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in hf.parameters())
+    # the paper's sizes (Kirillov et al., appendix; HF's model cards): 91M / 308M / 636M
+    # image encoders, a ~4M prompt encoder + mask decoder
+    decoder = count - sum(p.numel() for p in ours.image_encoder.parameters())
+    assert 3.5e6 < decoder < 4.5e6
+
+
+def test_official_names_load():
+    """The segment_anything names (segment_anything/modeling/*.py; sam_vit_*.pth keys) all map
+    onto ours, values in place."""
+    model = Sam(SamConfig(encoder=sam("tiny").config.encoder))
+    ours = model.state_dict()
+    official = {}
+    for k in ours:  # our names -> the authors', by hand, to feed the converter
+        o = k.replace("image_encoder.patch_embed.", "image_encoder.patch_embed.proj.")
+        o = o.replace("prompt_encoder.pe.gaussian",
+                      "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix")
+        o = o.replace("mask_downscaler.", "mask_downscaling.")
+        o = o.replace(".mlp.0.", ".mlp.lin1.").replace(".mlp.2.", ".mlp.lin2.")
+        for i, j in ((0, 0), (2, 1), (4, 2)):
+            for head in [f"output_hypernetworks_mlps.{n}" for n in range(4)] + \
+                    ["iou_prediction_head"]:
+                o = o.replace(f"{head}.{i}.", f"{head}.layers.{j}.")
+        if o == "prompt_encoder.point_embed.weight":
+            for n in range(4):
+                official[f"prompt_encoder.point_embeddings.{n}.weight"] = ours[o][n:n + 1]
+            continue
+        official[o] = ours[k]
+    converted = convert_official_state_dict(official)
+    assert set(converted) == set(ours)
+    for k, v in converted.items():
+        assert torch.equal(v, ours[k]), k
+    with pytest.raises(ValueError, match="segment_anything"):
+        convert_official_state_dict({"foo": torch.zeros(1)})
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="variant"):
+        sam("vit_x")
+    tiny = sam("tiny").config
+    with pytest.raises(ValueError, match="embed_dim"):
+        Sam(SamConfig(encoder=tiny.encoder, decoder=type(tiny.decoder)(embed_dim=64)))

@@ -2,6 +2,8 @@
 hand, equality with HF transformers' SamVisionEncoder (random weights, no download), HF's
 parameter counts for vit_b / vit_l / vit_h, the official checkpoint's names, bad inputs."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from segcourse.models.sam_image_encoder import (
     SamBlock,
     SamEncoderConfig,
     SamImageEncoder,
+    config_from_hf,
     convert_hf_encoder_state_dict,
     convert_official_encoder_state_dict,
     rel_pos_table,
@@ -134,6 +137,19 @@ def test_equals_hf_at_the_paper_geometry():
                                    rtol=0)
 
 
+@pytest.mark.parametrize("config", [SMALL, SMALL_64, ENCODERS["vit_h"], ENCODERS["tiny"]])
+def test_config_from_hf_round_trips(config):
+    hf_cfg = hf_config(config)
+    got = config_from_hf(hf_cfg)
+    assert got.mlp_width == hf_cfg.mlp_dim
+    assert got == configure(config, mlp_dim=hf_cfg.mlp_dim)  # HF fills mlp_dim in
+
+
+def test_config_from_hf_refuses_what_we_do_not_build():
+    with pytest.raises(ValueError, match="vision_config.hidden_act"):
+        config_from_hf(transformers.SamVisionConfig(hidden_act="relu"))
+
+
 def test_rel_pos_table_equals_hf_get_rel_pos():
     attn = SamVisionEncoder(hf_config(SMALL)).layers[0].attn
     torch.manual_seed(0)
@@ -226,6 +242,23 @@ def test_official_names_round_trip_exactly(config):
     # the encoder's own state dict (no "image_encoder." prefix) converts the same way
     bare = {k.removeprefix("image_encoder."): v for k, v in sd.items() if "image_encoder" in k}
     ours.load_state_dict(convert_official_encoder_state_dict(bare))
+
+
+def test_equals_the_authors_image_encoder_vit():
+    # where segment_anything (and the torchvision it imports) is installed: the authors' module
+    sa = pytest.importorskip("segment_anything.modeling.image_encoder")
+    c = SMALL
+    theirs = randomise(sa.ImageEncoderViT(
+        img_size=c.image_size, patch_size=c.patch_size, embed_dim=c.hidden_size,
+        depth=c.num_hidden_layers, num_heads=c.num_attention_heads,
+        mlp_ratio=c.mlp_width / c.hidden_size, out_chans=c.output_channels,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+        window_size=c.window_size, global_attn_indexes=c.global_attn_indexes)).eval()
+    ours = SamImageEncoder(c).eval()
+    ours.load_state_dict(convert_official_encoder_state_dict(theirs.state_dict()))
+    x = torch.randn(2, 3, c.image_size, c.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)
 
 
 # --- bad input -----------------------------------------------------------------------------------

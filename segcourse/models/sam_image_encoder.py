@@ -59,7 +59,7 @@ from .eomt import LayerNorm2d
 
 __all__ = ["SamEncoderConfig", "ENCODERS", "check_encoder_config", "rel_pos_table",
            "window_partition", "window_unpartition", "SamAttention", "SamBlock", "SamNeck",
-           "SamImageEncoder", "convert_hf_encoder_state_dict",
+           "SamImageEncoder", "config_from_hf", "convert_hf_encoder_state_dict",
            "convert_official_encoder_state_dict"]
 
 
@@ -280,6 +280,28 @@ class SamImageEncoder(nn.Module):
 
 
 # --- Converters ----------------------------------------------------------------------------------
+
+def config_from_hf(vision_config) -> SamEncoderConfig:
+    """Our config for HF's ``SamVisionConfig`` (``SamModel.config.vision_config``)."""
+    vc = vision_config
+    if vc.hidden_act != "gelu":
+        raise ValueError(f"vision_config.hidden_act must be 'gelu', got {vc.hidden_act!r}")
+    sizes = {}
+    for name in ("image_size", "patch_size"):
+        value = getattr(vc, name)
+        if isinstance(value, (tuple, list)):
+            if len(set(value)) != 1:
+                raise ValueError(f"vision_config.{name} must be square, got {value!r}")
+            value = value[0]
+        sizes[name] = int(value)
+    return SamEncoderConfig(
+        hidden_size=vc.hidden_size, num_hidden_layers=vc.num_hidden_layers,
+        num_attention_heads=vc.num_attention_heads, mlp_ratio=vc.mlp_ratio, mlp_dim=vc.mlp_dim,
+        num_channels=vc.num_channels, window_size=vc.window_size,
+        global_attn_indexes=tuple(vc.global_attn_indexes), output_channels=vc.output_channels,
+        use_abs_pos=vc.use_abs_pos, use_rel_pos=vc.use_rel_pos,
+        layer_norm_eps=vc.layer_norm_eps, qkv_bias=vc.qkv_bias, **sizes)
+
 
 # (name part in the source, ours); applied in order with str.replace
 _HF_PARTS = (("patch_embed.projection.", "patch_embed."), ("neck.conv1.", "neck.0."),

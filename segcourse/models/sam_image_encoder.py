@@ -44,6 +44,7 @@ Where we differ from the reference, and why:
 - Parameter names follow the authors' (``blocks.N.attn.qkv``, ``neck.0`` ...) except
   ``patch_embed`` (a bare conv, the authors' ``patch_embed.proj``) and the MLP, an
   ``nn.Sequential`` (``mlp.0`` / ``mlp.2``, the authors' ``lin1`` / ``lin2``).
+- No attention dropout (HF's ``attention_dropout``: 0 in every SAM config; the authors have none).
 """
 
 from __future__ import annotations

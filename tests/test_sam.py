@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from segcourse.models.sam import Sam, SamConfig, convert_official_state_dict, from_hf, sam
+from segcourse.models.sam import (
+    Sam,
+    SamConfig,
+    convert_official_state_dict,
+    from_hf,
+    input_size,
+    postprocess_masks,
+    preprocess,
+    sam,
+    scale_prompts,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -133,3 +143,85 @@ def test_bad_config():
     tiny = sam("tiny").config
     with pytest.raises(ValueError, match="embed_dim"):
         Sam(SamConfig(encoder=tiny.encoder, decoder=type(tiny.decoder)(embed_dim=64)))
+
+
+def _hf_scale(coords, original):
+    """HF's SamProcessor coordinate scaling (original pixels -> resized-input pixels)."""
+    proc = transformers.SamProcessor(image_processor=transformers.SamImageProcessor())
+    out = proc._normalize_coordinates(S, coords.numpy(), original,
+                                      is_bounding_box=coords.shape[-1] == 4)
+    return torch.from_numpy(out).float().reshape(coords.shape)
+
+
+@pytest.mark.parametrize("original", [(37, 53), (64, 64), (81, 29), (1, 200)])
+def test_sizes_and_prompt_scaling_equal_hf(original):
+    assert input_size(original, S) == transformers.SamImageProcessor()._get_preprocess_shape(
+        original, S)
+    points = torch.tensor([[[[3.0, 7.0], [20.0, 0.5]]]])
+    boxes = torch.tensor([[[1.0, 0.0, 25.0, 1.0]]])
+    ours_points, ours_boxes = scale_prompts(original, S, points, boxes)
+    torch.testing.assert_close(ours_points, _hf_scale(points, original))
+    torch.testing.assert_close(ours_boxes, _hf_scale(boxes, original))
+
+
+def test_preprocess_by_hand():
+    images = torch.rand(2, 3, 37, 53)
+    x = preprocess(images, S)
+    h, w = input_size((37, 53), S)
+    assert (h, w) == (45, 64) and x.shape == (2, 3, S, S)
+    assert torch.all(x[..., h:, :] == 0)  # padding after normalising: bottom rows are 0
+    resized = torch.nn.functional.interpolate(images, (h, w), mode="bilinear", antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(x[..., :h, :w], (resized - mean) / std)
+    # a constant image of the mean colour is 0 everywhere
+    assert preprocess(mean.expand(1, 3, 10, 7), S).abs().max() < 1e-6
+
+
+def test_postprocess_equal_hf():
+    logits = torch.randn(2, 3, 3, S // 4, S // 4)
+    ours = postprocess_masks(logits, (37, 53), S)
+    ref = transformers.SamImageProcessor().post_process_masks(
+        [logits[0], logits[1]], [(37, 53)] * 2, [input_size((37, 53), S)] * 2, binarize=False,
+        pad_size={"height": S, "width": S})
+    assert ours.shape == (2, 3, 3, 37, 53)
+    torch.testing.assert_close(ours, torch.stack(ref))
+
+
+@pytest.mark.parametrize("kind", ["points", "boxes", "both"])
+def test_predict_odd_non_square_image_equals_hf_pipeline(models, kind):
+    """A 37 x 53 image, batch 1: our predict = HF's SamModel on the same input pixels with
+    HF's own coordinate scaling and post-processing."""
+    hf, ours = models
+    original = (37, 53)
+    images = torch.rand(1, 3, *original)
+    points = torch.tensor([[[[10.0, 30.0], [52.0, 2.0]], [[0.0, 36.0], [5.0, 5.0]]]])
+    labels = torch.tensor([[[1, 0], [1, -1]]])
+    boxes = torch.tensor([[[2.0, 3.0, 40.0, 30.0], [0.0, 0.0, 53.0, 37.0]]])
+    prompts = {"points": dict(points=points, point_labels=labels), "boxes": dict(boxes=boxes),
+               "both": dict(points=points, point_labels=labels, boxes=boxes)}[kind]
+    out = ours.predict(images, **prompts)
+    hf_prompts = {}
+    if "points" in prompts:
+        hf_prompts["input_points"] = _hf_scale(points, original)
+        hf_prompts["input_labels"] = labels
+    if "boxes" in prompts:
+        hf_prompts["input_boxes"] = _hf_scale(boxes, original)
+    with torch.no_grad():
+        ref = hf(pixel_values=preprocess(images, S), **hf_prompts)
+    torch.testing.assert_close(out["mask_logits"], ref.pred_masks, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["iou_scores"], ref.iou_scores, atol=1e-4, rtol=1e-4)
+    hf_masks = transformers.SamImageProcessor().post_process_masks(
+        ref.pred_masks, [original], [input_size(original, S)], pad_size={"height": S, "width": S})
+    assert out["masks"].shape == (1, 2, 3, *original) and out["masks"].dtype == torch.bool
+    # thresholded at 0: equal except where a logit is within float noise of 0
+    assert (out["masks"] != hf_masks[0][None]).float().mean() < 1e-3
+
+
+def test_predict_checks_original_image_bounds(models):
+    _, ours = models
+    images = torch.rand(1, 3, 37, 53)
+    with pytest.raises(ValueError, match="inside the image"):  # y = 40 > 37: in the padding
+        ours.predict(images, torch.tensor([[[[10.0, 40.0]]]]), torch.ones(1, 1, 1))
+    with pytest.raises(ValueError, match="inside the image"):
+        ours.predict(images, boxes=torch.tensor([[[0.0, 0.0, 54.0, 10.0]]]))

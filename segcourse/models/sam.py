@@ -17,8 +17,16 @@ Layout (HF's ``SamModel``): prompts ``[B, P, ...]`` -- P prompts per image, each
 separately; outputs ``{"mask_logits": [B, P, M, 4h, 4w], "iou_scores": [B, P, M]}``
 (``4h = 256`` for the paper's 1024 input), M = 3 with ``multimask_output`` else 1.
 
+Pre- and post-processing as both references: :func:`preprocess` resizes the long side to the
+encoder size (bilinear, antialiased), normalises with ImageNet statistics and zero-pads right
+and bottom; :func:`scale_prompts` maps prompts into the resized frame; :func:`postprocess_masks`
+upsamples the low-res logits to the padded square, crops the padding and resizes to the
+original size; :meth:`Sam.predict` chains them and thresholds at 0.
+
 Where we differ: ``forward`` takes images already at the encoder's square size and normalised
-(HF's ``pixel_values``; the original's ``preprocess`` does resize/normalise/pad inside).
+(HF's ``pixel_values``; the original's ``Sam.forward`` preprocesses inside); :meth:`Sam.predict`
+takes images in [0, 1] (the course's convention), not 0..255. HF's image processor resizes
+through 8-bit images, so its pixels differ from ours by up to ~0.03 (normalised units).
 Mask prompts are one per prompt ``[B, P, 4h, 4w]`` (the original's layout); HF takes one per
 image. The random-Fourier Gaussian is one frozen parameter of the prompt encoder, which also
 makes the dense grid encoding (HF keeps a tied copy in ``SamModel.shared_image_embedding``).
@@ -31,7 +39,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from .._checks import check_images
 from .sam_image_encoder import (
     ENCODERS,
     SamEncoderConfig,
@@ -40,9 +50,17 @@ from .sam_image_encoder import (
     convert_official_encoder_state_dict,
 )
 from .sam_mask_decoder import MaskDecoderConfig, SamMaskDecoder, convert_hf_mask_decoder_state_dict
-from .sam_prompt_encoder import SamPromptEncoder, convert_hf_prompt_encoder_state_dict
+from .sam_prompt_encoder import (
+    SamPromptEncoder,
+    check_inside,
+    convert_hf_prompt_encoder_state_dict,
+)
 
-__all__ = ["SamConfig", "Sam", "sam", "from_hf", "convert_official_state_dict"]
+__all__ = ["SamConfig", "Sam", "sam", "from_hf", "convert_official_state_dict", "input_size",
+           "preprocess", "scale_prompts", "postprocess_masks"]
+
+# SAM normalises with ImageNet statistics ((x * 255 - 123.675) / 58.395 ... in the original)
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,53 @@ class SamConfig:
     decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)  # two-way transformer
     mask_in_chans: int = 16  # hidden channels of the mask-prompt downscaler
     pe_scale: float = 1.0  # std of the random-Fourier Gaussian (the original's 1.0)
+
+
+# --- Pre- and post-processing (the original's ResizeLongestSide, Sam.preprocess,
+# Sam.postprocess_masks; HF's SamImageProcessor) -------------------------------------------------
+
+def input_size(original_size: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """(h, w) after resizing the long side to ``image_size`` (rounded half up, as both
+    references)."""
+    h, w = original_size
+    scale = image_size / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, S, S]``: long side resized to ``S``
+    (bilinear, antialiased: the original's ``apply_image_torch``), normalised, zero-padded
+    right and bottom (after normalising, so the padding is the mean colour's 0)."""
+    check_images(images, 3, name="images")
+    h, w = input_size(tuple(images.shape[-2:]), image_size)
+    x = F.interpolate(images, (h, w), mode="bilinear", align_corners=False, antialias=True)
+    mean = x.new_tensor(_MEAN).view(1, 3, 1, 1)
+    x = (x - mean) / x.new_tensor(_STD).view(1, 3, 1, 1)
+    return F.pad(x, (0, image_size - w, 0, image_size - h))
+
+
+def scale_prompts(original_size, image_size: int, points=None, boxes=None):
+    """Points ``[..., 2]`` and boxes ``[..., 4]`` in original pixels -> encoder-input pixels."""
+    H, W = original_size
+    h, w = input_size(original_size, image_size)
+    def scale(xy):  # (..., 2) as (x, y)
+        return xy * xy.new_tensor([w / W, h / H])
+    if points is not None:
+        points = scale(points.float())
+    if boxes is not None:
+        boxes = scale(boxes.float().unflatten(-1, (2, 2))).flatten(-2)
+    return points, boxes
+
+
+def postprocess_masks(mask_logits: torch.Tensor, original_size, image_size: int) -> torch.Tensor:
+    """Low-res logits ``[..., 4h, 4w]`` -> logits at the original ``(H, W)``: upsampled to the
+    padded input, padding cropped, resized to the original (threshold at 0 for masks)."""
+    lead = mask_logits.shape[:-2]
+    x = mask_logits.flatten(0, -3)[:, None]  # (..., h, w) -> (N, 1, h, w)
+    x = F.interpolate(x, (image_size, image_size), mode="bilinear", align_corners=False)
+    h, w = input_size(original_size, image_size)
+    x = F.interpolate(x[..., :h, :w], tuple(original_size), mode="bilinear", align_corners=False)
+    return x[:, 0].unflatten(0, lead)
 
 
 class Sam(nn.Module):
@@ -96,6 +161,23 @@ class Sam(nn.Module):
                 multimask_output: bool = True) -> dict[str, torch.Tensor]:
         return self.decode(self.embed(images), points, point_labels, boxes, mask_inputs,
                            multimask_output)
+
+
+    @torch.no_grad()
+    def predict(self, images, points=None, point_labels=None, boxes=None,
+                multimask_output: bool = True) -> dict[str, torch.Tensor]:
+        """Images ``[B, 3, H, W]`` in [0, 1] at any size, prompts in their pixels -> ``masks``
+        (bool ``[B, P, M, H, W]``), ``mask_logits`` (low-res, to feed back as ``mask_inputs``)
+        and ``iou_scores``."""
+        S = self.config.encoder.image_size
+        original = tuple(images.shape[-2:])
+        x = preprocess(images.to(self.mask_decoder.iou_token.weight.dtype), S)
+        # inside the original image (the encoder's check would let the padding through)
+        check_inside(points, point_labels, boxes, original)
+        points, boxes = scale_prompts(original, S, points, boxes)
+        out = self(x, points, point_labels, boxes, None, multimask_output)
+        out["masks"] = postprocess_masks(out["mask_logits"], original, S) > 0
+        return out
 
 
 def sam(variant: str = "vit_b") -> Sam:

@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from .eomt import LayerNorm2d
 
-__all__ = ["RandomFourierEncoding", "MaskDownscaler", "SamPromptEncoder",
+__all__ = ["RandomFourierEncoding", "MaskDownscaler", "SamPromptEncoder", "check_inside",
            "convert_hf_prompt_encoder_state_dict"]
 
 
@@ -76,6 +76,31 @@ def _check_tensor(x, name: str, dims: int, last: int | None, layout: str) -> tor
     if x.dim() != dims or (last is not None and x.shape[-1] != last):
         raise ValueError(f"{name} must have shape {layout}, got {tuple(x.shape)}")
     return x
+
+
+def check_inside(points, labels, boxes, size: tuple[int, int]) -> None:
+    """ValueError unless every real point (label != -1) ``[..., 2]`` and every box ``[..., 4]``
+    lies in the ``(H, W)`` image: ``0 <= x <= W``, ``0 <= y <= H`` (pixel coordinates)."""
+    H, W = size
+    for name, xy, keep in (("points", points, None if labels is None else labels != -1),
+                           ("boxes", boxes, None)):
+        if xy is None:
+            continue
+        last = 2 if name == "points" else 4
+        if not isinstance(xy, torch.Tensor) or xy.dim() < 2 or xy.shape[-1] != last:
+            raise ValueError(f"{name} must be a tensor [..., {last}] of pixel coordinates, got "
+                             f"{tuple(xy.shape) if isinstance(xy, torch.Tensor) else type(xy)}")
+        xy = xy.unflatten(-1, (-1, 2))  # (..., 2 or 4) -> (..., 1 or 2, 2) as (x, y)
+        if keep is not None:
+            if not isinstance(keep, torch.Tensor) or keep.shape != xy.shape[:-2]:
+                raise ValueError(f"point_labels must have shape {tuple(xy.shape[:-2])}")
+            xy = xy[keep]
+        x, y = xy[..., 0], xy[..., 1]
+        if xy.numel() and ((x < 0) | (x > W) | (y < 0) | (y > H)).any():
+            raise ValueError(f"{name} must lie inside the image (0 <= x <= {W}, "
+                             f"0 <= y <= {H}), got x in [{x.min().item():g}, "
+                             f"{x.max().item():g}], y in [{y.min().item():g}, "
+                             f"{y.max().item():g}]")
 
 
 class SamPromptEncoder(nn.Module):
@@ -146,19 +171,13 @@ class SamPromptEncoder(nn.Module):
             if bad.any():
                 raise ValueError(f"point_labels must be in {{-1, 0, 1}}, got "
                                  f"{sorted(set(labels[bad].tolist()))}")
-            real = points[labels != -1]
-            if real.numel() and (real.min() < 0 or real.max() > S):
-                raise ValueError(f"points must lie inside the {S} x {S} input image "
-                                 f"(0 <= x, y <= {S}), got values in "
-                                 f"[{real.min().item():g}, {real.max().item():g}]")
+            check_inside(points, labels, None, (S, S))
             shapes["points"] = tuple(points.shape[:2])
         elif labels is not None:
             raise ValueError("point_labels given without points")
         if boxes is not None:
             _check_tensor(boxes, "boxes", 3, 4, "[B, P, 4] (x1, y1, x2, y2 pixels)")
-            if boxes.numel() and (boxes.min() < 0 or boxes.max() > S):
-                raise ValueError(f"boxes must lie inside the {S} x {S} input image, got values "
-                                 f"in [{boxes.min().item():g}, {boxes.max().item():g}]")
+            check_inside(None, None, boxes, (S, S))
             if (boxes[..., 2] < boxes[..., 0]).any() or (boxes[..., 3] < boxes[..., 1]).any():
                 raise ValueError("boxes must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
             shapes["boxes"] = tuple(boxes.shape[:2])

@@ -25,8 +25,9 @@ original size; :meth:`Sam.predict` chains them and thresholds at 0.
 
 Where we differ: ``forward`` takes images already at the encoder's square size and normalised
 (HF's ``pixel_values``; the original's ``Sam.forward`` preprocesses inside); :meth:`Sam.predict`
-takes images in [0, 1] (the course's convention), not 0..255. HF's image processor resizes
-through 8-bit images, so its pixels differ from ours by up to ~0.03 (normalised units).
+takes images in [0, 1] (the course's convention), not 0..255. HF's image processor resamples
+differently (torchvision inside its base class): its pixels differ from ours by up to ~0.03
+in normalised units, so the tests compare the model and post-processing on the same pixels.
 Mask prompts are one per prompt ``[B, P, 4h, 4w]`` (the original's layout); HF takes one per
 image. The random-Fourier Gaussian is one frozen parameter of the prompt encoder, which also
 makes the dense grid encoding (HF keeps a tied copy in ``SamModel.shared_image_embedding``).

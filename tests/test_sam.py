@@ -225,3 +225,55 @@ def test_predict_checks_original_image_bounds(models):
         ours.predict(images, torch.tensor([[[[10.0, 40.0]]]]), torch.ones(1, 1, 1))
     with pytest.raises(ValueError, match="inside the image"):
         ours.predict(images, boxes=torch.tensor([[[0.0, 0.0, 54.0, 10.0]]]))
+
+
+def test_equal_official_segment_anything():
+    """Against the authors' code (``pip install segment-anything``; skipped without it): their
+    modules with random weights, ours through convert_official_state_dict, equal to 1e-4."""
+    modeling = pytest.importorskip("segment_anything.modeling")
+    from functools import partial
+
+    from segcourse.models.sam_image_encoder import SamEncoderConfig
+    from segcourse.models.sam_mask_decoder import MaskDecoderConfig
+    torch.manual_seed(0)
+    C = 32
+    encoder = modeling.ImageEncoderViT(
+        img_size=S, patch_size=16, embed_dim=C, depth=2, num_heads=2, mlp_ratio=2.0,
+        out_chans=C, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+        window_size=2, global_attn_indexes=[1])
+    prompt = modeling.PromptEncoder(embed_dim=C, image_embedding_size=(S // 16, S // 16),
+                                    input_image_size=(S, S), mask_in_chans=16)
+    decoder = modeling.MaskDecoder(
+        transformer_dim=C, iou_head_hidden_dim=C,
+        transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=C, mlp_dim=64, num_heads=2))
+    official = modeling.Sam(encoder, prompt, decoder).eval()
+    with torch.no_grad():
+        for p in official.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(30.0)
+    ours = Sam(SamConfig(
+        encoder=SamEncoderConfig(hidden_size=C, num_hidden_layers=2, num_attention_heads=2,
+                                 mlp_ratio=2.0, image_size=S, window_size=2,
+                                 global_attn_indexes=(1,), output_channels=C),
+        decoder=MaskDecoderConfig(embed_dim=C, num_heads=2, mlp_dim=64, iou_head_hidden_dim=C)))
+    ours.load_state_dict(convert_official_state_dict(official.state_dict()))
+    ours.eval()
+    images = torch.randn(1, 3, S, S)
+    points, labels = torch.rand(3, 2, 2) * (S - 1), torch.tensor([[1, 0]] * 3)
+    xy = torch.rand(3, 2, 2) * (S - 1)
+    boxes = torch.cat([xy.min(dim=1).values, xy.max(dim=1).values], dim=-1)
+    masks = torch.randn(3, 1, S // 4, S // 4)  # the original: one mask per prompt
+    with torch.no_grad():
+        embedding = encoder(images)
+        torch.testing.assert_close(ours.embed(images), embedding, atol=1e-4, rtol=1e-4)
+        for pts, box, mask in [(True, False, False), (False, True, False), (True, True, False),
+                               (True, False, True)]:
+            sparse, dense = prompt((points, labels) if pts else None, boxes if box else None,
+                                   masks if mask else None)
+            ref, ref_iou = decoder(embedding, prompt.get_dense_pe(), sparse, dense, True)
+            out = ours.decode(embedding, points[None] if pts else None,
+                              labels[None] if pts else None, boxes[None] if box else None,
+                              masks[None, :, 0] if mask else None)
+            torch.testing.assert_close(out["mask_logits"][0], ref, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(out["iou_scores"][0], ref_iou, atol=1e-4, rtol=1e-4)

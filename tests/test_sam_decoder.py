@@ -59,7 +59,7 @@ def ours(hf):
     prompt.load_state_dict(convert_hf_prompt_encoder_state_dict(
         model.prompt_encoder.state_dict()))
     decoder = SamMaskDecoder(MaskDecoderConfig(embed_dim=C, num_heads=2, mlp_dim=64,
-                                               iou_head_hidden_dim=C))
+                                               iou_head_hidden_dim=C, layer_norm_eps=1e-6))
     decoder.load_state_dict(convert_hf_mask_decoder_state_dict(model.mask_decoder.state_dict()))
     return prompt.eval(), decoder.eval()
 

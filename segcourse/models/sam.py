@@ -3,7 +3,9 @@
 Paper: Kirillov et al., "Segment Anything", ICCV 2023 (https://arxiv.org/abs/2304.02643).
 Reference code: facebookresearch/segment-anything (``segment_anything/modeling/sam.py``,
 ``build_sam.py``) and HF transformers ``models/sam/modeling_sam.py`` (``SamModel``);
-``tests/test_sam.py`` checks :func:`from_hf` against ``SamModel`` to 1e-4.
+``tests/test_sam.py`` checks :func:`from_hf` against ``SamModel`` to 1e-4, and
+:func:`convert_official_state_dict` against the authors' modules (``segment-anything`` 1.0,
+where installed) to 1e-4.
 
 The parts live in their own files, read in this order:
 ``sam_image_encoder.py`` (ViT -> embedding ``[B, 256, S/16, S/16]``),

@@ -28,8 +28,10 @@ click: part, object, whole); ``multimask_output`` picks 1..3 or 0, as the origin
 
 Where we differ: tokens are kept as ``[B * P, N, C]`` (prompts folded into the batch) instead
 of HF's ``[B, P, N, C]``; attention uses ``F.scaled_dot_product_attention``. The block
-LayerNorms use HF's eps 1e-6 (the original's ``nn.LayerNorm`` default is 1e-5; the final norm
-is 1e-5 in both) -- ``layer_norm_eps`` sets it.
+LayerNorms' eps is a config field: 1e-5 by default, the original's (``nn.LayerNorm``'s default,
+which its checkpoints were trained with); HF uses 1e-6 there and :func:`~segcourse.models.sam.
+from_hf` copies HF's value. With random weights the two differ by ~4e-4 in the logits; with
+the right eps we equal HF to 1e-4 and the original (``segment_anything`` 1.0) to ~1e-5.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class MaskDecoderConfig:
     num_multimask_outputs: int = 3  # ambiguity-aware masks; one more token for the single mask
     iou_head_depth: int = 3         # layers of the IoU MLP
     iou_head_hidden_dim: int = 256  # its hidden width
-    layer_norm_eps: float = 1e-6    # block LayerNorms (HF's value; the original 1e-5)
+    layer_norm_eps: float = 1e-5    # block LayerNorms (the original's; HF's config says 1e-6)
 
 
 class Attention(nn.Module):

@@ -277,3 +277,25 @@ def test_equal_official_segment_anything():
                               masks[None, :, 0] if mask else None)
             torch.testing.assert_close(out["mask_logits"][0], ref, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(out["iou_scores"][0], ref_iou, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tiny_forward_backward(dtype):
+    """The CPU-sized model: 64 x 64 input, 8 x 8 embedding, 32 x 32 low-res masks; every
+    prompt kind at once, gradients reach the encoder, the decoder and the prompt embeddings."""
+    torch.manual_seed(0)
+    model = sam("tiny").to(dtype)
+    images = torch.randn(2, 3, 64, 64, dtype=dtype)
+    points = torch.tensor([[[[5.0, 9.0], [60.0, 1.0]]] * 3] * 2)  # B = 2, P = 3, N = 2
+    labels = torch.tensor([1, 0]).expand(2, 3, 2)
+    boxes = torch.tensor([[[1.0, 2.0, 30.0, 40.0]] * 3] * 2)
+    masks = torch.randn(2, 3, 32, 32, dtype=dtype)
+    out = model(images, points, labels, boxes, masks)
+    assert out["mask_logits"].shape == (2, 3, 3, 32, 32) and out["mask_logits"].dtype == dtype
+    assert out["iou_scores"].shape == (2, 3, 3)
+    (out["mask_logits"].mean() + out["iou_scores"].mean()).backward()
+    for name in ("image_encoder.patch_embed.weight", "prompt_encoder.point_embed.weight",
+                 "prompt_encoder.mask_downscaler.0.weight", "mask_decoder.mask_tokens.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    assert model.prompt_encoder.pe.gaussian.grad is None  # the Fourier Gaussian stays fixed

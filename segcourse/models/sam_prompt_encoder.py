@@ -203,15 +203,16 @@ class SamPromptEncoder(nn.Module):
         """Sparse ``[B, P, N, C]`` (points, then the two box corners) and dense
         ``[B, P or 1, C, h, w]`` prompt embeddings."""
         B, P = self._check(points, point_labels, boxes, mask_inputs)
+        dtype = self.point_embed.weight.dtype  # float prompts in the parameters' precision
         sparse = [self.point_embed.weight.new_zeros(B, P, 0, self.embed_dim)]
         if points is not None:
-            sparse.append(self._embed_points(points.float(), point_labels, pad=boxes is None))
+            sparse.append(self._embed_points(points.to(dtype), point_labels, pad=boxes is None))
         if boxes is not None:
-            sparse.append(self._embed_boxes(boxes.float()))
+            sparse.append(self._embed_boxes(boxes.to(dtype)))
         sparse = torch.cat(sparse, dim=2)
         if mask_inputs is not None:
             Bm, Pm, H, W = mask_inputs.shape
-            dense = self.mask_downscaler(mask_inputs.reshape(Bm * Pm, 1, H, W).float())
+            dense = self.mask_downscaler(mask_inputs.reshape(Bm * Pm, 1, H, W).to(dtype))
             dense = dense.reshape(Bm, Pm, *dense.shape[1:])  # (B*P, C, h, w) -> (B, P, C, h, w)
         else:
             h = self.embedding_size

@@ -218,6 +218,25 @@ def test_predict_odd_non_square_image_equals_hf_pipeline(models, kind):
     assert (out["masks"] != hf_masks[0][None]).float().mean() < 1e-3
 
 
+def test_predict_feeds_back_the_previous_logits(models):
+    """A second click with the first prediction's best low-res logits as the mask prompt (the
+    interactive loop) equals forward on the preprocessed image with the same prompts."""
+    _, ours = models
+    images = torch.rand(1, 3, 37, 53)
+    first = ours.predict(images, torch.tensor([[[[20.0, 10.0]]]]), torch.ones(1, 1, 1))
+    best = first["iou_scores"].argmax(dim=-1)  # (B, P)
+    previous = first["mask_logits"].gather(
+        2, best[..., None, None, None].expand(-1, -1, 1, S // 4, S // 4))[:, :, 0]
+    clicks, labels = torch.tensor([[[[20.0, 10.0], [40.0, 30.0]]]]), torch.tensor([[[1, 0]]])
+    second = ours.predict(images, clicks, labels, mask_inputs=previous, multimask_output=False)
+    assert second["masks"].shape == (1, 1, 1, 37, 53)
+    points, _ = scale_prompts((37, 53), S, clicks)
+    with torch.no_grad():
+        ref = ours(preprocess(images, S), points, labels, mask_inputs=previous,
+                   multimask_output=False)
+    torch.testing.assert_close(second["mask_logits"], ref["mask_logits"])
+
+
 def test_predict_checks_original_image_bounds(models):
     _, ours = models
     images = torch.rand(1, 3, 37, 53)

@@ -167,18 +167,18 @@ class Sam(nn.Module):
 
 
     @torch.no_grad()
-    def predict(self, images, points=None, point_labels=None, boxes=None,
+    def predict(self, images, points=None, point_labels=None, boxes=None, mask_inputs=None,
                 multimask_output: bool = True) -> dict[str, torch.Tensor]:
         """Images ``[B, 3, H, W]`` in [0, 1] at any size, prompts in their pixels -> ``masks``
-        (bool ``[B, P, M, H, W]``), ``mask_logits`` (low-res, to feed back as ``mask_inputs``)
-        and ``iou_scores``."""
+        (bool ``[B, P, M, H, W]``), ``mask_logits`` (low-res: one of them per prompt,
+        ``[B, P, 4h, 4w]``, is the next click's ``mask_inputs``) and ``iou_scores``."""
         S = self.config.encoder.image_size
         original = tuple(images.shape[-2:])
         x = preprocess(images.to(self.mask_decoder.iou_token.weight.dtype), S)
         # inside the original image (the encoder's check would let the padding through)
         check_inside(points, point_labels, boxes, original)
         points, boxes = scale_prompts(original, S, points, boxes)
-        out = self(x, points, point_labels, boxes, None, multimask_output)
+        out = self(x, points, point_labels, boxes, mask_inputs, multimask_output)
         out["masks"] = postprocess_masks(out["mask_logits"], original, S) > 0
         return out
 

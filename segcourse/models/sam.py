@@ -173,6 +173,7 @@ class Sam(nn.Module):
         (bool ``[B, P, M, H, W]``), ``mask_logits`` (low-res: one of them per prompt,
         ``[B, P, 4h, 4w]``, is the next click's ``mask_inputs``) and ``iou_scores``."""
         S = self.config.encoder.image_size
+        check_images(images, 3, name="images")
         original = tuple(images.shape[-2:])
         x = preprocess(images.to(self.mask_decoder.iou_token.weight.dtype), S)
         # inside the original image (the encoder's check would let the padding through)

@@ -49,9 +49,9 @@ class RandomFourierEncoding(nn.Module):
 
     def __init__(self, num_feats: int, scale: float = 1.0):
         super().__init__()
-        # never trained: a buffer in the original, a parameter in HF; a frozen parameter here,
-        # so that parameter counts equal HF's (and the paper's) and it is still saved
-        self.gaussian = nn.Parameter(scale * torch.randn(2, num_feats), requires_grad=False)
+        # never trained: a buffer, as in the original (and HF < 5; HF 5 makes it a parameter),
+        # so parameter counts are the original's; saved with the weights
+        self.register_buffer("gaussian", scale * torch.randn(2, num_feats))
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         v = (2 * coords - 1).to(self.gaussian.dtype) @ self.gaussian  # (..., 2) -> (..., C/2)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ConvBNReLU", "upsample_like"]
+__all__ = ["ConvBNReLU", "LayerNorm2d", "upsample_like"]
 
 
 class ConvBNReLU(nn.Sequential):
@@ -29,3 +29,14 @@ def upsample_like(x: torch.Tensor, size_or_ref) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map (timm's and segment_anything's
+    LayerNorm2d, eps 1e-6): EoMT's ScaleBlocks, SAM's neck, mask downscaler and upscaling."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # norm over C

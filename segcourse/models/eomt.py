@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 from .._checks import check_count, check_model_input
 from . import register
+from .blocks import LayerNorm2d
 from .config import configure
 from .mask_inference import MaskClassifier
 from .set_criterion import SetCriterion, mask_targets
@@ -202,16 +203,6 @@ class Block(nn.Module):
 
 
 # --- The mask module ------------------------------------------------------------------------------
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, H, W) map (timm's LayerNorm2d, eps 1e-6)."""
-
-    def __init__(self, channels: int):
-        super().__init__(channels, eps=1e-6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # norm over C
-
 
 class ScaleBlock(nn.Sequential):
     """2x upsampling of patch features: 2x2 transposed conv -> GELU -> 3x3 depthwise -> LN2d."""

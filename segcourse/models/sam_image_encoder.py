@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_count, check_images
-from .eomt import LayerNorm2d
+from .blocks import LayerNorm2d
 
 __all__ = ["SamEncoderConfig", "ENCODERS", "check_encoder_config", "rel_pos_table",
            "window_partition", "window_unpartition", "SamAttention", "SamBlock", "SamNeck",

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .eomt import LayerNorm2d
+from .blocks import LayerNorm2d
 
 __all__ = ["MaskDecoderConfig", "Attention", "TwoWayBlock", "TwoWayTransformer", "MLP",
            "SamMaskDecoder", "convert_hf_mask_decoder_state_dict"]

@@ -38,7 +38,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .eomt import LayerNorm2d
+from .blocks import LayerNorm2d
 
 __all__ = ["RandomFourierEncoding", "MaskDownscaler", "SamPromptEncoder", "check_inside",
            "convert_hf_prompt_encoder_state_dict"]

@@ -194,3 +194,59 @@ def test_validation(batch):
         click_step(model, (batch[0], bad))
     with pytest.raises(ValueError, match="batch must be"):
         click_step(model, batch[0])
+
+
+def test_one_box_round_matches_a_direct_decode(batch):
+    """Boxes, no jitter, no corrective round: the step's losses are the mean over objects of
+    20 focal + dice and of (predicted IoU - actual IoU)^2, computed here by hand."""
+    from segcourse.models.sam import postprocess_masks, preprocess, scale_prompts
+    model = tiny_sam()
+    out = click_step(model, batch, num_rounds=0, max_objects=100, box_prob=1.0, box_noise=0.0)
+    images, targets = batch
+    mask_sum = iou_sum = n = 0
+    for b, t in enumerate(targets):
+        emb = model.embed(preprocess(images[b:b + 1], 64))
+        _, boxes = scale_prompts((64, 64), 64, boxes=t["boxes"][None])
+        dec = model.decode(emb, boxes=boxes, multimask_output=False)
+        logits = postprocess_masks(dec["mask_logits"][0, :, 0], (64, 64), 64)
+        gt = t["masks"].float()
+        for k in range(len(gt)):
+            p = logits[k].sigmoid()
+            ce = torch.nn.functional.binary_cross_entropy_with_logits(logits[k], gt[k],
+                                                                      reduction="none")
+            p_t = torch.where(gt[k] > 0, p, 1 - p)
+            a_t = torch.where(gt[k] > 0, 0.25, 0.75)
+            focal = (a_t * (1 - p_t) ** 2 * ce).mean()
+            dice = 1 - (2 * (p * gt[k]).sum() + 1) / (p.sum() + gt[k].sum() + 1)
+            pred = logits[k] > 0
+            iou = (pred & gt[k].bool()).sum() / (pred | gt[k].bool()).sum()
+            mask_sum += 20 * focal + dice
+            iou_sum += (dec["iou_scores"][0, k, 0] - iou) ** 2
+            n += 1
+    assert out["loss_mask"].item() == pytest.approx((mask_sum / n).item(), rel=1e-4)
+    assert out["loss_iou"].item() == pytest.approx((iou_sum / n).item(), rel=1e-4, abs=1e-7)
+
+
+def test_previous_logits_and_clicks_fed_back(batch):
+    model = tiny_sam()
+    seen = []
+    orig = model.decode
+
+    def spy(emb, points=None, point_labels=None, boxes=None, mask_inputs=None,
+            multimask_output=True):
+        out = orig(emb, points, point_labels, boxes, mask_inputs, multimask_output)
+        seen.append((None if points is None else points.shape, mask_inputs, multimask_output,
+                     out["mask_logits"].detach(), out["iou_scores"].detach()))
+        return out
+
+    model.decode = spy
+    one = (batch[0][:1], batch[1][:1])
+    click_step(model, one, num_rounds=2, box_prob=0.0, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 3
+    P = seen[0][0][1]
+    assert [s[0] for s in seen] == [(1, P, 1, 2), (1, P, 2, 2), (1, P, 3, 2)]  # one click more
+    assert [s[2] for s in seen] == [True, False, False]  # multimask only for the single point
+    assert seen[0][1] is None
+    best = seen[0][4][0].argmax(-1)  # the mask of highest predicted IoU is fed back
+    assert torch.equal(seen[1][1][0], seen[0][3][0, torch.arange(P), best])
+    assert torch.equal(seen[2][1][0], seen[1][3][0, :, 0])

@@ -250,3 +250,11 @@ def test_previous_logits_and_clicks_fed_back(batch):
     best = seen[0][4][0].argmax(-1)  # the mask of highest predicted IoU is fed back
     assert torch.equal(seen[1][1][0], seen[0][3][0, torch.arange(P), best])
     assert torch.equal(seen[2][1][0], seen[1][3][0, :, 0])
+    seen.clear()
+    out = click_step(model, one, num_rounds=1, mask_rounds=1, box_prob=0.0,
+                     generator=torch.Generator().manual_seed(0))
+    assert [s[0] for s in seen] == [(1, P, 1, 2), (1, P, 2, 2), (1, P, 2, 2)]  # no new click
+    assert torch.equal(seen[2][1][0], seen[1][3][0, :, 0])
+    assert all(torch.isfinite(v) for v in out.values())
+    with pytest.raises(ValueError, match="mask_rounds"):
+        ClickTrainer(mask_rounds=-1)

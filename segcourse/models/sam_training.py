@@ -9,7 +9,9 @@ and appendix A, "Training algorithm". Per object of each image:
 2. ``num_rounds`` further rounds: the error region of the previous prediction -- false
    negatives or false positives, whichever is larger -- gives a new click drawn uniformly inside
    it (positive in a false negative, negative in a false positive), added to the earlier
-   prompts, and the previous low-res mask logits are fed back as the mask prompt.
+   prompts, and the previous low-res mask logits are fed back as the mask prompt;
+3. ``mask_rounds`` last rounds (0 by default; the paper: 2) with no new click, only the
+   previous logits fed back ("to encourage the model to benefit from the supplied mask").
 
 The image embedding is computed once per image (:meth:`Sam.embed`) and reused by every round
 (:meth:`Sam.decode`): the encoder runs once, the light decoder once per click, as the paper's
@@ -30,7 +32,8 @@ computed at the image size, on the logits :func:`sam.postprocess_masks` upsample
 
 Where we differ from the paper (whose training code was not released; SAM 2's
 ``sam2/training`` is the closest public one): 1 + 2 rounds, not the paper's 11 (8 sampled
-points, plus 2 rounds with the mask prompt only); at most ``max_objects`` objects per image (the
+points, plus 2 rounds with the mask prompt only, one of them at a random place among the
+sampled ones -- ours are all at the end); at most ``max_objects`` objects per image (the
 paper: 64 masks per GPU). As SAM 2 does: a box is one prompt but not ambiguous, so only the
 single-point round uses multimask output; the mask of smallest focal + dice is also the one
 whose IoU prediction is supervised; the mask fed back and the next click follow the mask of
@@ -175,7 +178,8 @@ def _check_batch(model, batch):
     return images, targets
 
 
-def _group_losses(net, emb, target, size, rounds, first_box, boxes, generator, box_noise):
+def _group_losses(net, emb, target, size, rounds, first_box, boxes, generator, box_noise,
+                  clicks):
     """Sum over the objects and rounds of one prompt group of one image (P objects)."""
     S = net.config.encoder.image_size
     P = target.shape[0]
@@ -190,6 +194,7 @@ def _group_losses(net, emb, target, size, rounds, first_box, boxes, generator, b
         points, labels = first[None, :, None], torch.ones(1, P, 1, dtype=torch.long,
                                                           device=emb.device)
         box_in = None
+    # rounds 1..clicks add a click; the later ones (mask rounds) only feed the logits back
     mask_in, total_mask, total_iou = None, 0.0, 0.0
     for r in range(rounds + 1):
         multimask = not first_box and r == 0
@@ -211,6 +216,8 @@ def _group_losses(net, emb, target, size, rounds, first_box, boxes, generator, b
         shown = out["iou_scores"][0].detach().argmax(-1)  # what inference shows the user
         idx = torch.arange(P, device=emb.device)
         mask_in = low.detach()[idx, shown][None]  # (1, P, 4h, 4w)
+        if r >= clicks:
+            continue
         click, label = next_clicks(logits.detach()[idx, shown] > 0, target, generator)
         points = torch.cat([points, click[None, :, None]], 2)
         labels = torch.cat([labels, label[None, :, None]], 2)
@@ -218,10 +225,12 @@ def _group_losses(net, emb, target, size, rounds, first_box, boxes, generator, b
 
 
 def click_step(model, batch, num_rounds: int = 2, max_objects: int = 8, box_prob: float = 0.5,
-               box_noise: float = 0.1, generator: torch.Generator | None = None):
+               box_noise: float = 0.1, generator: torch.Generator | None = None,
+               mask_rounds: int = 0):
     """One batch of simulated interactive segmentation -> ``{"loss_mask", "loss_iou"}``, each
     a mean over the objects and rounds (``fit``'s ``step`` contract; see the module doc)."""
     num_rounds = check_count(num_rounds, "num_rounds", minimum=0)
+    mask_rounds = check_count(mask_rounds, "mask_rounds", minimum=0)
     max_objects = check_count(max_objects, "max_objects")
     if not 0 <= box_prob <= 1:
         raise ValueError(f"box_prob must be in [0, 1], got {box_prob}")
@@ -245,10 +254,11 @@ def click_step(model, batch, num_rounds: int = 2, max_objects: int = 8, box_prob
             if not len(sel):
                 continue
             m, i = _group_losses(net, emb[b:b + 1], masks[sel.to(emb.device)], size,
-                                 num_rounds, first_box, t["boxes"].to(emb.device)[sel],
-                                 generator, box_noise)
+                                 num_rounds + mask_rounds, first_box,
+                                 t["boxes"].to(emb.device)[sel], generator, box_noise,
+                                 num_rounds)
             total_mask, total_iou = total_mask + m, total_iou + i
-            count += len(sel) * (num_rounds + 1)
+            count += len(sel) * (num_rounds + mask_rounds + 1)
     count = max(count, 1)
     return {"loss_mask": total_mask / count, "loss_iou": total_iou / count}
 
@@ -257,8 +267,9 @@ class ClickTrainer:
     """:func:`click_step` with its options and a seeded generator, for ``fit(step=...)``."""
 
     def __init__(self, num_rounds: int = 2, max_objects: int = 8, box_prob: float = 0.5,
-                 box_noise: float = 0.1, seed: int | None = 0):
+                 box_noise: float = 0.1, seed: int | None = 0, mask_rounds: int = 0):
         self.num_rounds = check_count(num_rounds, "num_rounds", minimum=0)
+        self.mask_rounds = check_count(mask_rounds, "mask_rounds", minimum=0)
         self.max_objects = check_count(max_objects, "max_objects")
         if not 0 <= box_prob <= 1:
             raise ValueError(f"box_prob must be in [0, 1], got {box_prob}")
@@ -271,8 +282,9 @@ class ClickTrainer:
 
     def __call__(self, model, batch) -> dict[str, torch.Tensor]:
         return click_step(model, batch, self.num_rounds, self.max_objects, self.box_prob,
-                          self.box_noise, self.generator)
+                          self.box_noise, self.generator, self.mask_rounds)
 
     def __repr__(self) -> str:
         return (f"ClickTrainer(num_rounds={self.num_rounds}, max_objects={self.max_objects}, "
-                f"box_prob={self.box_prob}, box_noise={self.box_noise})")
+                f"box_prob={self.box_prob}, box_noise={self.box_noise}, "
+                f"mask_rounds={self.mask_rounds})")

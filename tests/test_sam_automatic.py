@@ -134,6 +134,9 @@ def test_filters_and_nms_on_known_masks(model, monkeypatch):
     # predicted IoU below the threshold: B goes too
     out = generate_masks(model, image, points_per_side=2, pred_iou_thresh=0.96)
     assert out["scores"].tolist() == pytest.approx([0.99])
+    out = generate_masks(model, image[:, :40], points_per_side=2, pred_iou_thresh=1.0,
+                         min_mask_region_area=5)  # nothing left: empty, well-shaped
+    assert out["masks"].shape == (0, 40, 64) and out["boxes"].shape == (0, 4)
 
 
 def test_small_regions_removed(model, monkeypatch):

@@ -16,8 +16,8 @@ compares with.
    decoded ``points_per_batch`` at a time with ``multimask_output`` -- three masks per point;
    logits are brought to the original image size (:func:`~.sam.postprocess_masks`);
 3. keep masks with predicted IoU ``> pred_iou_thresh`` and :func:`stability_score` ``>=
-   stability_score_thresh`` (the reference's strict and non-strict comparisons; a threshold of
-   0 switches a filter off, as there);
+   stability_score_thresh`` (the reference's strict and non-strict comparisons -- HF's
+   ``filter_masks`` takes ``>`` for both; a threshold of 0 switches a filter off, as in both);
 4. boxes around the masks (:func:`mask_boxes`) and box NMS at ``box_nms_thresh`` over the
    predicted IoUs -- two masks of one object from neighbouring points are near duplicates;
 5. with ``min_mask_region_area > 0``: holes, then islands, smaller than that area removed from

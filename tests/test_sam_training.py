@@ -258,3 +258,18 @@ def test_previous_logits_and_clicks_fed_back(batch):
     assert all(torch.isfinite(v) for v in out.values())
     with pytest.raises(ValueError, match="mask_rounds"):
         ClickTrainer(mask_rounds=-1)
+
+
+def test_click_step_refuses_ddp_instead_of_training_unsynchronised(monkeypatch):
+    """Under DDP the encoder-once / decoder-per-click calls would skip the gradient
+    all-reduce: a clear error, not silently diverging replicas."""
+    import torch.nn.parallel as parallel
+
+    class FakeDDP(parallel.DistributedDataParallel):
+        def __init__(self, module):  # no process group needed for the type check
+            torch.nn.Module.__init__(self)
+            self.module = module
+
+    model = FakeDDP(sam("tiny"))
+    with pytest.raises(ValueError, match="one process"):
+        click_step(model, (torch.rand(1, 3, 64, 64), [{}]))

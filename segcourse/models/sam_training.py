@@ -39,9 +39,9 @@ single-point round uses multimask output; the mask of smallest focal + dice is a
 whose IoU prediction is supervised; the mask fed back and the next click follow the mask of
 highest predicted IoU (what inference would show the user); the fed-back logits and the clicks
 are detached (no gradient through the rounds). If a prediction is already perfect its next
-"click" is a padding point (label -1). Under DDP, ``step`` calls the wrapped module's
-``embed`` / ``decode`` directly, bypassing the wrapper's ``forward``, so the gradients are not
-all-reduced: this step is for one process.
+"click" is a padding point (label -1). The step calls ``embed`` / ``decode`` directly, which
+under DDP would bypass the wrapper's ``forward`` and its gradient all-reduce: given a
+``DistributedDataParallel`` model it raises a ``ValueError`` (one process only, for now).
 """
 
 from __future__ import annotations
@@ -236,7 +236,12 @@ def click_step(model, batch, num_rounds: int = 2, max_objects: int = 8, box_prob
         raise ValueError(f"box_prob must be in [0, 1], got {box_prob}")
     if not box_noise >= 0:
         raise ValueError(f"box_noise must be >= 0, got {box_noise}")
-    net = getattr(model, "module", model)  # DDP's wrapper (see the module doc)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        # embed / decode run on the module, past DDP's forward: no gradient all-reduce
+        raise ValueError("click_step trains on one process: under torchrun its encoder-once, "
+                         "decoder-per-click calls would bypass DistributedDataParallel's "
+                         "gradient synchronisation")
+    net = model
     images, targets = _check_batch(net, batch)
     dtype = net.mask_decoder.iou_token.weight.dtype
     size = tuple(images.shape[-2:])

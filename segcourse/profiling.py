@@ -29,9 +29,9 @@ from .data import InstanceTargets
 from .evaluate import evaluate_panoptic
 from .train import evaluate, fit, seed_everything
 
-__all__ = ["CPU_BUDGET", "count_parameters", "gflops", "gflops_by_module", "cpu_latency", "profile",
-           "compare_models", "format_table", "answer_latency", "panoptic_profile",
-           "format_panoptic_table"]
+__all__ = ["CPU_BUDGET", "count_parameters", "count_flops", "gflops", "gflops_by_module",
+           "cpu_latency", "profile", "compare_models", "format_table", "answer_latency",
+           "panoptic_profile", "format_panoptic_table"]
 
 # The shared budget of chapter 9 on a 2-core CPU (about a minute for all nine models): few
 # images but many small steps, which teaches a model more per second than a few large batches.
@@ -76,11 +76,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def _count_flops(model: nn.Module, size: tuple[int, int], in_channels: int) -> FlopCounterMode:
-    """Run one zero image through ``model`` in eval mode under the counter (mode restored)."""
+def count_flops(model: nn.Module, run) -> FlopCounterMode:
+    """Run ``run()`` -- any computation with ``model``, e.g. one of its methods -- in eval mode
+    under the FLOP counter and return the counter (the model's mode is restored)."""
     was_training = model.training
     model.eval()
-    device = _device(model)
     # The counter's module tracker hooks every module input that requires grad; a parameter
     # passed into a submodule (Mask2Former's query embeddings) then fails under no_grad
     # ("Expected gradient function to be set"). Nothing is trained here: switch grads off.
@@ -89,12 +89,18 @@ def _count_flops(model: nn.Module, size: tuple[int, int], in_channels: int) -> F
         for p in trainable:
             p.requires_grad_(False)
         with _flop_counter(model) as counter:
-            model(torch.zeros(1, in_channels, *size, device=device))
+            run()
     finally:
         for p in trainable:
             p.requires_grad_(True)
         model.train(was_training)
     return counter
+
+
+def _count_flops(model: nn.Module, size: tuple[int, int], in_channels: int) -> FlopCounterMode:
+    """One zero image through ``model`` under the counter."""
+    x = torch.zeros(1, in_channels, *size, device=_device(model))
+    return count_flops(model, lambda: model(x))
 
 
 @torch.no_grad()

@@ -85,7 +85,7 @@ def test_windowed_block_mixes_only_inside_its_window(window):
 def test_tiny_shapes_and_gradients():
     model = randomise(SamImageEncoder(ENCODERS["tiny"]), std=0.1)
     out = model(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, 256, 8, 8)
+    assert out.shape == (2, 64, 8, 8)                # the tiny neck is 64 wide
     out.square().mean().backward()
     for name in ("pos_embed", "blocks.0.attn.rel_pos_h", "blocks.1.attn.rel_pos_w"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name

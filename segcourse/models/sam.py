@@ -184,11 +184,19 @@ class Sam(nn.Module):
         return out
 
 
+# The CPU-sized decoder: at the paper's width (256) a click would cost as much as the tiny
+# encoder's whole image (benchmarks/sam.py), and the point of the design is the opposite.
+TINY_DECODER = MaskDecoderConfig(embed_dim=64, num_heads=4, mlp_dim=256, iou_head_hidden_dim=64)
+
+
 def sam(variant: str = "vit_b") -> Sam:
     """SAM with the image encoder ``variant`` ("vit_b", "vit_l", "vit_h", "tiny") and the
-    paper's prompt encoder and mask decoder (the same for every size)."""
+    paper's prompt encoder and mask decoder (the same for every paper size; "tiny" has a
+    64-wide one, :data:`TINY_DECODER`)."""
     if variant not in ENCODERS:
         raise ValueError(f"variant must be one of {sorted(ENCODERS)}, got {variant!r}")
+    if variant == "tiny":
+        return Sam(SamConfig(encoder=ENCODERS["tiny"], decoder=TINY_DECODER))
     return Sam(SamConfig(encoder=ENCODERS[variant]))
 
 

@@ -105,7 +105,7 @@ ENCODERS = {
     # two global blocks; the embedding keeps the paper's 256 channels the decoder expects.
     "tiny": SamEncoderConfig(hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
                              patch_size=8, image_size=64, window_size=4,
-                             global_attn_indexes=(1, 3)),
+                             global_attn_indexes=(1, 3), output_channels=64),
 }
 
 

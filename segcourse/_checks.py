@@ -36,6 +36,19 @@ def check_count(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_number(value, name: str, low: float | None = None, high: float | None = None) -> float:
+    """``value`` as a float in ``[low, high]`` (either bound may be open-ended); a bool, a
+    non-number or NaN is a ``ValueError`` naming the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or value != value or (low is not None and value < low) \
+            or (high is not None and value > high):
+        where = (f" in [{low:g}, {high:g}]" if low is not None and high is not None
+                 else f" >= {low:g}" if low is not None else f" <= {high:g}" if high is not None
+                 else "")
+        raise ValueError(f"{name} must be a number{where}, got {value!r}")
+    return float(value)
+
+
 def _autocast_enabled(device_type: str) -> bool:
     try:  # torch >= 2.4 takes the device type
         return bool(torch.is_autocast_enabled(device_type))

@@ -41,12 +41,10 @@ read by :func:`segcourse.metrics.mask_average_precision`.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_class_ids, check_count, check_size
+from .._checks import check_class_ids, check_count, check_number, check_size
 from .panoptic_fpn import VOID
 
 __all__ = ["semantic_inference", "panoptic_inference", "instance_inference", "MaskClassifier"]
@@ -72,12 +70,6 @@ def _check_things(thing_classes, num_classes: int) -> tuple[int, ...]:
         raise ValueError(f"thing_classes {things} must be class ids below K = {num_classes} "
                          "(class_logits has K + 1 entries, the last is 'no object')")
     return things
-
-
-def _check_fraction(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -151,8 +143,8 @@ def panoptic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, si
     _check_outputs(class_logits, mask_logits)
     size = check_size(size)
     things = _check_things(thing_classes, class_logits.shape[-1] - 1)
-    object_mask_threshold = _check_fraction(object_mask_threshold, "object_mask_threshold")
-    overlap_threshold = _check_fraction(overlap_threshold, "overlap_threshold")
+    object_mask_threshold = check_number(object_mask_threshold, "object_mask_threshold", 0, 1)
+    overlap_threshold = check_number(overlap_threshold, "overlap_threshold", 0, 1)
     probs = _at_least_float32(class_logits).softmax(-1)
     masks = _upsample(mask_logits, size).sigmoid()
     return [_panoptic(p, m, things, object_mask_threshold, overlap_threshold)
@@ -247,8 +239,8 @@ class MaskClassifier:
         _check_outputs(class_logits, mask_logits)
         things = _check_things(self.thing_classes, class_logits.shape[-1] - 1)
         top_k = check_count(self.top_k, "top_k")
-        thresholds = (_check_fraction(self.object_mask_threshold, "object_mask_threshold"),
-                      _check_fraction(self.overlap_threshold, "overlap_threshold"))
+        thresholds = (check_number(self.object_mask_threshold, "object_mask_threshold", 0, 1),
+                      check_number(self.overlap_threshold, "overlap_threshold", 0, 1))
         probs = _at_least_float32(class_logits).softmax(-1)
         results = []
         for p, m in zip(probs, _upsample(mask_logits, images.shape[-2:])):  # upsampled once

@@ -37,12 +37,10 @@ path inside a region, so slow on large images with long snake-like regions.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_count
+from .._checks import check_count, check_number
 from ..ops import batched_nms
 from .sam import Sam, postprocess_masks, preprocess, scale_prompts
 
@@ -71,8 +69,8 @@ def stability_score(mask_logits: torch.Tensor, threshold: float = 0.0,
         got = (f"{mask_logits.dim()}-D {mask_logits.dtype}" if isinstance(mask_logits, torch.Tensor)
                else type(mask_logits).__name__)
         raise ValueError(f"mask_logits must be a floating-point tensor [..., H, W], got {got}")
-    _check_number(threshold, "threshold")
-    _check_number(offset, "offset", 0.0)
+    check_number(threshold, "threshold")
+    check_number(offset, "offset", 0.0)
     inter = (mask_logits > threshold + offset).flatten(-2).sum(-1)
     union = (mask_logits > threshold - offset).flatten(-2).sum(-1)
     return inter.float() / union.float()
@@ -144,14 +142,6 @@ def remove_small_regions(mask: torch.Tensor, min_area: int,
     return torch.cat([keep.new_zeros(1), keep])[labels], True
 
 
-def _check_number(value, name: str, low: float | None = None, high: float | None = None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value \
-            or (low is not None and value < low) or (high is not None and value > high):
-        where = f" in [{low}, {high}]" if high is not None else (
-            f" >= {low}" if low is not None else "")
-        raise ValueError(f"{name} must be a number{where}, got {value!r}")
-
-
 def _nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Kept indices, best first: box NMS, class-agnostic, on the reference's boxes."""
     boxes = mask_boxes(masks).float()
@@ -187,7 +177,7 @@ def generate_masks(model: Sam, image: torch.Tensor, points_per_side: int = 16,
     for name, value in (("pred_iou_thresh", pred_iou_thresh),
                         ("stability_score_thresh", stability_score_thresh),
                         ("box_nms_thresh", box_nms_thresh)):
-        _check_number(value, name, 0.0, 1.0)
+        check_number(value, name, 0.0, 1.0)
 
     H, W = image.shape[-2:]
     S = model.config.encoder.image_size

@@ -49,7 +49,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_count, check_images
+from .._checks import check_count, check_images, check_number
 from .sam import postprocess_masks, preprocess, scale_prompts
 
 __all__ = ["ClickTrainer", "click_step", "sigmoid_focal_loss", "dice_loss", "mask_iou",
@@ -232,10 +232,8 @@ def click_step(model, batch, num_rounds: int = 2, max_objects: int = 8, box_prob
     num_rounds = check_count(num_rounds, "num_rounds", minimum=0)
     mask_rounds = check_count(mask_rounds, "mask_rounds", minimum=0)
     max_objects = check_count(max_objects, "max_objects")
-    if not 0 <= box_prob <= 1:
-        raise ValueError(f"box_prob must be in [0, 1], got {box_prob}")
-    if not box_noise >= 0:
-        raise ValueError(f"box_noise must be >= 0, got {box_noise}")
+    check_number(box_prob, "box_prob", 0, 1)
+    check_number(box_noise, "box_noise", 0)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # embed / decode run on the module, past DDP's forward: no gradient all-reduce
         raise ValueError("click_step trains on one process: under torchrun its encoder-once, "

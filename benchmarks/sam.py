@@ -14,9 +14,7 @@ click in milliseconds.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,17 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segcourse.models.sam import ENCODERS, sam  # noqa: E402
-from segcourse.profiling import count_flops  # noqa: E402
-
-
-def _seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from segcourse.profiling import count_flops, median_seconds  # noqa: E402
 
 
 def _gflops(model, run) -> float:
@@ -53,18 +41,18 @@ def measure(variant: str, repeats: int = 5) -> dict:
     point = torch.tensor([[[[S / 2, S / 2]]]])
     label = torch.ones(1, 1, 1)
 
-    def encode():
-        return model.embed(image)
+    def encode(x=image):
+        return model.embed(x)
 
-    def decode():
-        return model.decode(embedding, point, label, multimask_output=True)
+    def decode(e=embedding):  # one click, three masks
+        return model.decode(e, point, label, multimask_output=True)
 
     encoder = sum(p.numel() for p in model.image_encoder.parameters())
     return {"variant": variant, "image_size": S, "encoder_params": encoder,
             "decoder_params": sum(p.numel() for p in model.parameters()) - encoder,
             "encoder_gflops": _gflops(model, encode), "decoder_gflops": _gflops(model, decode),
-            "encoder_ms": 1000 * _seconds(encode, repeats),
-            "decoder_ms": 1000 * _seconds(decode, repeats)}
+            "encoder_ms": 1000 * median_seconds(model, encode, image, repeats),
+            "decoder_ms": 1000 * median_seconds(model, decode, embedding, repeats)}
 
 
 def format_rows(rows: list[dict]) -> str:

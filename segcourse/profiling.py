@@ -30,8 +30,8 @@ from .evaluate import evaluate_panoptic
 from .train import evaluate, fit, seed_everything
 
 __all__ = ["CPU_BUDGET", "count_parameters", "count_flops", "gflops", "gflops_by_module",
-           "cpu_latency", "profile", "compare_models", "format_table", "answer_latency",
-           "panoptic_profile", "format_panoptic_table"]
+           "median_seconds", "cpu_latency", "profile", "compare_models", "format_table",
+           "answer_latency", "panoptic_profile", "format_panoptic_table"]
 
 # The shared budget of chapter 9 on a 2-core CPU (about a minute for all nine models): few
 # images but many small steps, which teaches a model more per second than a few large batches.
@@ -136,7 +136,8 @@ def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
 
 
 @torch.no_grad()
-def _median_seconds(model: nn.Module, run, x: torch.Tensor, repeats: int, warmup: int) -> float:
+def median_seconds(model: nn.Module, run, x: torch.Tensor, repeats: int = 5,
+                   warmup: int = 1) -> float:
     """Median wall time of ``run(x)`` with ``model`` on the CPU in eval mode (both restored)."""
     device = _device(model)
     was_training = model.training
@@ -157,7 +158,7 @@ def _median_seconds(model: nn.Module, run, x: torch.Tensor, repeats: int, warmup
 def cpu_latency(model: nn.Module, size: tuple[int, int] = (256, 256), in_channels: int = 3,
                 repeats: int = 5, warmup: int = 1) -> float:
     """Median seconds of a CPU forward pass of one image (the model is copied to the CPU)."""
-    return _median_seconds(model, model, torch.zeros(1, in_channels, *size), repeats, warmup)
+    return median_seconds(model, model, torch.zeros(1, in_channels, *size), repeats, warmup)
 
 
 @torch.no_grad()
@@ -167,7 +168,7 @@ def answer_latency(model: nn.Module, size: tuple[int, int] = (64, 64), in_channe
     exists (a mask classifier's forward pass plus its semantic, instance and panoptic
     post-processing), else ``model(x)`` (Panoptic FPN's forward includes NMS and fusion)."""
     x = torch.rand(1, in_channels, *size, generator=torch.Generator().manual_seed(0))
-    return _median_seconds(model, getattr(model, "segment", None) or model, x, repeats, warmup)
+    return median_seconds(model, getattr(model, "segment", None) or model, x, repeats, warmup)
 
 
 def panoptic_profile(model: nn.Module, scenes, size: tuple[int, int] = (64, 64),

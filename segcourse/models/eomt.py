@@ -278,10 +278,7 @@ class EoMT(nn.Module, MaskClassifier):
         # P_i of each query block, and the optimizer steps taken (the annealing's clock)
         self.register_buffer("attn_mask_probs", torch.ones(c.num_blocks))
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
-        self.criterion = SetCriterion(
-            c.num_classes, no_object_weight=c.no_object_weight, class_weight=c.class_weight,
-            mask_weight=c.mask_weight, dice_weight=c.dice_weight, num_points=c.num_points,
-            oversample_ratio=c.oversample_ratio, importance_sample_ratio=c.importance_sample_ratio)
+        self.criterion = SetCriterion.from_config(c)
         self._init_weights()
 
     def _init_weights(self) -> None:

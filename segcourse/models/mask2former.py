@@ -63,7 +63,7 @@ from .config import configure
 from .mask_inference import MaskClassifier
 from .pixel_decoder import NUM_LEVELS, MSDeformAttnPixelDecoder, sine_position_embedding
 from .resnet import ARCHITECTURES, resnet
-from .set_criterion import HungarianMatcher, SetCriterion, mask_targets
+from .set_criterion import SetCriterion, mask_targets
 
 __all__ = ["Mask2FormerConfig", "SMALL", "PAPER", "Attention", "MaskedAttentionLayer",
            "MaskedTransformerDecoder", "Mask2Former", "mask2former", "from_hf"]
@@ -290,10 +290,7 @@ class Mask2Former(nn.Module, MaskClassifier):
             [self.backbone.channels[s] for s in STAGES], c.pixel_dim, c.mask_dim, c.num_heads,
             c.enc_layers, c.enc_dim_feedforward, c.enc_points, c.dropout)
         self.decoder = MaskedTransformerDecoder(c)
-        matcher = HungarianMatcher(c.class_weight, c.mask_weight, c.dice_weight, c.num_points)
-        self.criterion = SetCriterion(c.num_classes, matcher, c.no_object_weight, c.class_weight,
-                                      c.mask_weight, c.dice_weight, c.num_points,
-                                      c.oversample_ratio, c.importance_sample_ratio)
+        self.criterion = SetCriterion.from_config(c)
 
     def forward(self, images: torch.Tensor, targets=None, return_attention: bool = False):
         check_model_input(self, images, min_size=32)

@@ -304,6 +304,14 @@ class SetCriterion(nn.Module):
         # derived from the arguments, so not part of a checkpoint
         self.register_buffer("empty_weight", class_weights, persistent=False)
 
+    @classmethod
+    def from_config(cls, c) -> SetCriterion:
+        """The criterion a model's config describes: any config with the fields num_classes,
+        no_object_weight, class_weight, mask_weight, dice_weight, num_points, oversample_ratio
+        and importance_sample_ratio (Mask2FormerConfig, EomtConfig)."""
+        return cls(c.num_classes, None, c.no_object_weight, c.class_weight, c.mask_weight,
+                   c.dice_weight, c.num_points, c.oversample_ratio, c.importance_sample_ratio)
+
     def num_masks(self, targets: list[dict], device) -> torch.Tensor:
         """Target masks per process: the batch's count, averaged over DDP processes, >= 1."""
         n = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)

@@ -175,3 +175,21 @@ def test_bad_input_raises_clear_errors(bad, match):
 def test_bad_configuration_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         resnet(**kwargs)
+
+
+def test_one_image_whose_last_map_is_1x1_is_a_clear_error_in_training():
+    """torch's BatchNorm refuses one value per channel ("Expected more than 1 value per channel
+    when training"); the backbone says why, naming the input -- for every model built on it."""
+    from segcourse.ops import convert_frozen_batchnorm
+
+    net = resnet(18, width=8).train()
+    with pytest.raises(ValueError, match=r"input: one 32 x 32 image .* 1/32 map 1 x 1"):
+        net(torch.rand(1, 3, 32, 32))
+    assert net(torch.rand(1, 3, 32, 40))["layer4"].shape[-2:] == (1, 2)   # two values: fine
+    assert net(torch.rand(2, 3, 32, 32))["layer4"].shape[-2:] == (1, 1)   # two images: fine
+    assert net(torch.rand(1, 3, 33, 33))["layer4"].shape[-2:] == (2, 2)   # a larger one too
+    assert net.eval()(torch.rand(1, 3, 32, 32))["layer4"].shape[-2:] == (1, 1)
+    frozen = convert_frozen_batchnorm(resnet(18, width=8)).train()  # nothing to estimate
+    assert frozen(torch.rand(1, 3, 32, 32))["layer4"].shape[-2:] == (1, 1)
+    assert resnet(18, output_stride=16, width=8).train()(torch.rand(1, 3, 32, 32))[
+        "layer4"].shape[-2:] == (2, 2)

@@ -294,11 +294,6 @@ class Mask2Former(nn.Module, MaskClassifier):
 
     def forward(self, images: torch.Tensor, targets=None, return_attention: bool = False):
         check_model_input(self, images, min_size=32)
-        if self.training and images.shape[0] == 1 and max(images.shape[-2:]) <= 32:
-            # torch's BatchNorm refuses a single value per channel, deep inside the backbone
-            raise ValueError(f"images: one {tuple(images.shape[-2:])} image in training mode "
-                             "leaves the ResNet's 1/32 map 1 x 1, a single value per "
-                             "BatchNorm channel; train on 2 or more images, or larger ones")
         losses_wanted = self.training and targets is not None
         if losses_wanted:  # bad targets fail here, before the forward pass
             targets = mask_targets(targets, self.num_classes, self.thing_classes,

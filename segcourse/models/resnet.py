@@ -175,6 +175,15 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_model_input(self, x, min_size=1)
+        # every stride-2 step rounds up, so the last map is ceil(size / output_stride); one
+        # image whose last map is 1 x 1 leaves a training BatchNorm a single value per channel,
+        # which torch refuses deep inside -- say so here, naming the input
+        H, W = x.shape[-2:]
+        if x.shape[0] == 1 and max(-(-H // self.output_stride), -(-W // self.output_stride)) == 1 \
+                and any(isinstance(m, nn.BatchNorm2d) and m.training for m in self.modules()):
+            raise ValueError(f"input: one {H} x {W} image in training mode leaves the ResNet's "
+                             f"1/{self.output_stride} map 1 x 1, a single value per BatchNorm "
+                             "channel; train on 2 or more images, or larger ones")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))   # stride 4
         feats = {}
         for name in ("layer1", "layer2", "layer3", "layer4"):

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 
 from ._checks import image_size
 from .detection import paint_instances, paint_panoptic
-from .masks import colorize, draw_grid, no_ticks, to_numpy_image
+from .masks import _np, colorize, draw_grid, no_ticks, to_numpy_image
 
 __all__ = ["plot_cost_matrix", "matching_figure", "plot_layer_maps", "plot_query_gallery",
            "three_tasks_figure"]
 
 
 def _matrix(x, name: str, dims: int) -> np.ndarray:
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=float)
+    x = _np(x).astype(float)
     if x.ndim != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got shape {x.shape}")
     return x

@@ -4,10 +4,12 @@
 - ``boundary``      the boundary band and scores restricted to it
 - ``instance``      mask IoU and mask average precision (AP)
 - ``panoptic``      panoptic quality (PQ = SQ x RQ)
+- ``interactive``   the simulated user's next click, clicks to reach an IoU (NoC, NoF)
 """
 
 from .boundary import boundary_accuracy, boundary_mask, boundary_miou
 from .instance import mask_average_precision, mask_iou
+from .interactive import clicks_to_reach, next_click, noc
 from .panoptic import panoptic_quality
 from .segmentation import (
     SegmentationMetric,
@@ -20,4 +22,5 @@ from .segmentation import (
 
 __all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy", "class_accuracy",
            "SegmentationMetric", "boundary_mask", "boundary_miou", "boundary_accuracy",
-           "mask_iou", "mask_average_precision", "panoptic_quality"]
+           "mask_iou", "mask_average_precision", "panoptic_quality",
+           "next_click", "clicks_to_reach", "noc"]

@@ -29,7 +29,8 @@ DETECTION = ("mask_rcnn", "panoptic_fpn")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="unet", choices=models.list_models() + list(DETECTION))
+    parser.add_argument("--model", default="unet",
+                        choices=models.list_models(models.CLASSIFIERS) + list(DETECTION))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)

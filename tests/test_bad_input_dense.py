@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from segcourse.models import build, list_models
+from segcourse.models import CLASSIFIERS, build, list_models
 
-MODELS = list_models()
+MODELS = list_models(CLASSIFIERS)  # SAM (promptable): tests/test_sam*.py
 SET_MODELS = set(list_models("mask_classification"))  # per-pixel scores via .semantic
 
 

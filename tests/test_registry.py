@@ -13,10 +13,11 @@ import sys
 import pytest
 import torch
 
-from segcourse.models import KINDS, build, list_models
+from segcourse.models import CLASSIFIERS, KINDS, build, list_models
 
 NUM_CLASSES = 3
-MODELS = list_models()
+MODELS = list_models(CLASSIFIERS)                      # built with num_classes
+PROMPTABLE = list_models("promptable")                  # SAM: {"mask_logits", "iou_scores"}
 PER_PIXEL = list_models("per_pixel")                    # logits [B, K, H, W]
 MASK_CLASSIFIERS = list_models("mask_classification")   # {"class_logits", "mask_logits"}
 
@@ -206,7 +207,12 @@ def test_registry_is_populated_and_rejects_unknown_names():
 
 def test_every_model_has_one_kind():
     assert sorted(PER_PIXEL + MASK_CLASSIFIERS) == MODELS
-    assert set(list_models(KINDS[0])).isdisjoint(list_models(KINDS[1]))
+    assert sorted(MODELS + PROMPTABLE) == list_models()
+    by_kind = [set(list_models(k)) for k in KINDS]
+    assert sum(map(len, by_kind)) == len(set().union(*by_kind)) == len(list_models())
+    assert list_models(KINDS) == list_models()
+    with pytest.raises(ValueError, match="kind"):
+        list_models(())
     with pytest.raises(ValueError, match="kind"):
         list_models("semantic")
     from segcourse.models import register
@@ -321,3 +327,63 @@ def test_set_model_bad_input_raises_value_error(set_model, bad, message):
     set_model.eval()
     with pytest.raises(ValueError, match=message):
         set_model(bad)
+
+
+# --- promptable models (SAM): no classes, prompts in, masks and predicted IoUs out --------------
+
+# name: (published count of build(name, paper=True), source)
+PUBLISHED_PROMPTABLE = {
+    "sam": (93_735_472, "facebookresearch/segment-anything build_sam_vit_b() (the 375 MB "
+            "sam_vit_b_01ec64.pth holds exactly these tensors plus the Fourier buffer); HF 5's "
+            "SamModel counts 256 more: it makes that Gaussian a parameter"),
+}
+
+
+def test_every_promptable_model_has_a_published_count():
+    assert set(PUBLISHED_PROMPTABLE) == set(PROMPTABLE) and PROMPTABLE
+
+
+@pytest.mark.parametrize("name", PROMPTABLE)
+def test_promptable_paper_configuration_has_the_published_count(name):
+    expected, source = PUBLISHED_PROMPTABLE[name]
+    with torch.device("meta"):
+        assert count(build(name, paper=True)) == expected, source
+
+
+@pytest.mark.parametrize("name", PROMPTABLE)
+def test_promptable_builder_starts_from_small_or_paper_and_refuses_classes(name):
+    from segcourse.models.sam import sam_config
+
+    with torch.device("meta"):
+        assert build(name).config == sam_config("tiny")
+        assert build(name, paper=True).config == sam_config("vit_b")
+        assert build(name, variant="vit_l").config == sam_config("vit_l")
+        assert build(name, mask_in_chans=8).config.mask_in_chans == 8
+    with pytest.raises(ValueError, match="no classes"):
+        build(name, NUM_CLASSES)
+    with pytest.raises(ValueError, match="in_channels must be 3"):
+        build(name, in_channels=1)
+    with pytest.raises(ValueError, match="valid fields"):
+        build(name, no_such_field=1)
+    with pytest.raises(ValueError, match="num_classes is required"):
+        build(MODELS[0])
+
+
+@pytest.fixture(scope="module", params=PROMPTABLE)
+def promptable(request):
+    torch.manual_seed(0)
+    return build(request.param).eval()
+
+
+@pytest.mark.parametrize("shape", [(2, 97, 131), (1, 33, 47), (1, 32, 32)],
+                         ids=["97x131", "batch1-33x47", "batch1-32"])
+def test_promptable_masks_have_the_input_size(promptable, shape):
+    batch, h, w = shape
+    points = torch.tensor([[w / 3, h / 2], [w / 2, h / 3]])[:, None].expand(batch, 2, 1, 2)
+    boxes = torch.tensor([[1.0, 2.0, w - 3.0, h - 1.0]]).expand(batch, 1, 4)
+    for prompts, masks in ((dict(points=points, point_labels=torch.ones(batch, 2, 1).long()), 3),
+                           (dict(boxes=boxes), 3)):
+        out = promptable.predict(torch.rand(batch, 3, h, w), **prompts)
+        P = next(iter(prompts.values())).shape[1]
+        assert out["masks"].shape == (batch, P, masks, h, w) and out["masks"].dtype == torch.bool
+        assert out["iou_scores"].shape == (batch, P, masks)

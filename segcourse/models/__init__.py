@@ -7,8 +7,12 @@ Every model registered here takes images ``[B, C, H, W]`` with any ``H, W >= 32`
 - ``"mask_classification"`` models (chapter 10: Mask2Former, EoMT) return a set of (class, mask)
   pairs, ``{"class_logits", "mask_logits"}``, and give per-pixel scores ``[B, num_classes, H,
   W]`` through ``model.semantic(images)``; ``segcourse.evaluate`` and ``segcourse.train.fit``
-  handle both kinds.
- Every builder has one signature,
+  handle both kinds;
+- ``"promptable"`` models (chapter 11: Segment Anything) know no classes: they segment the
+  object a prompt (points, a box, a mask) points at, ``{"mask_logits", "iou_scores"}``; they are
+  built without ``num_classes`` (``build("sam")``) and trained with a ``step`` function.
+
+Every builder has one signature,
 ``name(num_classes, in_channels=3, paper=False, **overrides)``, and one body (see
 :mod:`segcourse.models.config`): the family's frozen config dataclass -- its CPU-sized ``SMALL``
 (the default) or, with ``paper=True``, its ``PAPER`` instance with the published sizes -- with
@@ -33,9 +37,11 @@ import torch.nn as nn
 
 from .._checks import check_count
 
-__all__ = ["KINDS", "register", "list_models", "build"]
+__all__ = ["KINDS", "CLASS_FREE", "CLASSIFIERS", "register", "list_models", "build"]
 
-KINDS = ("per_pixel", "mask_classification")
+KINDS = ("per_pixel", "mask_classification", "promptable")
+CLASS_FREE = ("promptable",)  # kinds built without num_classes
+CLASSIFIERS = ("per_pixel", "mask_classification")  # kinds built with num_classes
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _KIND: dict[str, str] = {}
 
@@ -60,16 +66,21 @@ def register(name: str, kind: str = "per_pixel"):
     return decorator
 
 
-def list_models(kind: str | None = None) -> list[str]:
-    """Names of the registered models, sorted; only those of ``kind`` if given."""
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
-    return sorted(n for n in _REGISTRY if kind is None or _KIND[n] == kind)
+def list_models(kind: str | tuple[str, ...] | None = None) -> list[str]:
+    """Names of the registered models, sorted; only those of ``kind`` (one of :data:`KINDS`,
+    or a tuple of them) if given."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if kind is not None and (not kinds or any(k not in KINDS for k in kinds)):
+        raise ValueError(f"kind must be one of {KINDS}, a tuple of them, or None, got {kind!r}")
+    return sorted(n for n in _REGISTRY if kind is None or _KIND[n] in kinds)
 
 
-def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False,
+def build(name: str, num_classes: int | None = None, in_channels: int = 3, paper: bool = False,
           **overrides) -> nn.Module:
     """Construct the registered model ``name``.
+
+    ``num_classes`` is required for the classifying kinds and must be left out (``None``) for a
+    ``"promptable"`` model, which has no classes.
 
     ``paper=True`` gives the published configuration (the family's ``PAPER``), the default the
     CPU-sized one (``SMALL``); ``overrides`` replace fields of that config by name (a name that
@@ -77,7 +88,15 @@ def build(name: str, num_classes: int, in_channels: int = 3, paper: bool = False
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    check_count(num_classes, "num_classes")
+    if _KIND[name] in CLASS_FREE:
+        if num_classes is not None:
+            raise ValueError(f"{name!r} is a {_KIND[name]} model and has no classes: build it "
+                             f"without num_classes, got num_classes={num_classes!r}")
+    else:
+        if num_classes is None:
+            raise ValueError(f"num_classes is required to build {name!r} (a {_KIND[name]} "
+                             "model)")
+        check_count(num_classes, "num_classes")
     check_count(in_channels, "in_channels")
     if not isinstance(paper, bool):
         raise ValueError(f"paper must be True or False, got {paper!r}")
@@ -92,6 +111,7 @@ from . import (  # noqa: E402
     eomt,  # noqa: F401  EoMT: a plain ViT whose last blocks also carry the queries
     fcn,  # noqa: F401  FCN-32s, FCN-8s
     mask2former,  # noqa: F401  Mask2Former: ResNet, deformable pixel decoder, masked attention
+    sam,  # noqa: F401  Segment Anything: ViT encoder once, prompt encoder + mask decoder per prompt
     segformer,  # noqa: F401  SegFormer-B0..B5
     setr,  # noqa: F401  SETR-Naive, SETR-PUP
     unet,  # noqa: F401  U-Net, Attention U-Net

@@ -45,6 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_images
+from . import register
+from .config import configure
 from .sam_image_encoder import (
     ENCODERS,
     SamEncoderConfig,
@@ -59,8 +61,9 @@ from .sam_prompt_encoder import (
     convert_hf_prompt_encoder_state_dict,
 )
 
-__all__ = ["SamConfig", "Sam", "sam", "from_hf", "convert_official_state_dict", "input_size",
-           "preprocess", "scale_prompts", "postprocess_masks"]
+__all__ = ["SamConfig", "Sam", "sam", "sam_config", "build_sam", "from_hf",
+           "convert_official_state_dict", "input_size", "preprocess", "scale_prompts",
+           "postprocess_masks"]
 
 # SAM normalises with ImageNet statistics ((x * 255 - 123.675) / 58.395 ... in the original)
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -189,15 +192,35 @@ class Sam(nn.Module):
 TINY_DECODER = MaskDecoderConfig(embed_dim=64, num_heads=4, mlp_dim=256, iou_head_hidden_dim=64)
 
 
+def sam_config(variant: str = "vit_b") -> SamConfig:
+    """The configuration of :func:`sam` ``(variant)``."""
+    if variant not in ENCODERS:
+        raise ValueError(f"variant must be one of {sorted(ENCODERS)}, got {variant!r}")
+    if variant == "tiny":
+        return SamConfig(encoder=ENCODERS["tiny"], decoder=TINY_DECODER)
+    return SamConfig(encoder=ENCODERS[variant])
+
+
 def sam(variant: str = "vit_b") -> Sam:
     """SAM with the image encoder ``variant`` ("vit_b", "vit_l", "vit_h", "tiny") and the
     paper's prompt encoder and mask decoder (the same for every paper size; "tiny" has a
     64-wide one, :data:`TINY_DECODER`)."""
-    if variant not in ENCODERS:
-        raise ValueError(f"variant must be one of {sorted(ENCODERS)}, got {variant!r}")
-    if variant == "tiny":
-        return Sam(SamConfig(encoder=ENCODERS["tiny"], decoder=TINY_DECODER))
-    return Sam(SamConfig(encoder=ENCODERS[variant]))
+    return Sam(sam_config(variant))
+
+
+@register("sam", kind="promptable")
+def build_sam(num_classes=None, in_channels: int = 3, paper: bool = False,
+              variant: str | None = None, **overrides) -> Sam:
+    """The registry's SAM: ``"tiny"`` (CPU-sized, chapter 11's) by default, the paper's ViT-B
+    with ``paper=True``; ``variant`` names the encoder row instead ("vit_b", "vit_l",
+    "vit_h", "tiny") and ``overrides`` replace :class:`SamConfig` fields. SAM has no classes
+    and takes RGB images only (its normalisation is ImageNet's)."""
+    if num_classes is not None:
+        raise ValueError(f"SAM has no classes: build it without num_classes, got {num_classes!r}")
+    if in_channels != 3:
+        raise ValueError(f"SAM takes RGB images: in_channels must be 3, got {in_channels!r}")
+    config = sam_config(variant or ("vit_b" if paper else "tiny"))
+    return Sam(configure(config, **overrides))
 
 
 def _config_from_hf(hf_config) -> SamConfig:

@@ -2,6 +2,7 @@
 
     evaluate(unet, val_set)                  # semantic: {"miou", "pixel_accuracy", "iou", ...}
     evaluate_panoptic(model, InstanceTargets(ShapesDataset(200, seed=1)))   # mask AP and PQ
+    evaluate_clicks(sam_model, InstanceTargets(ShapesDataset(50)))   # mIoU per click, NoC@85/90
     fit(model, train, val, max_steps=1000, evaluator=evaluate_panoptic)    # after every epoch
 
 :func:`make_loader` turns what the course passes around -- a Dataset of ``(image, target)``, a
@@ -16,6 +17,9 @@ Targets are in the model's label space (objects 1..K-1, see ``MaskRCNN``); Panop
 hold ``semantic``, the ``[H, W]`` class map. They run in float32 and keep per image only what
 the metrics need (boolean masks, scores, labels, the panoptic map), on the CPU;
 ``return_predictions=True`` keeps every output, for plotting.
+
+:func:`evaluate_clicks` scores SAM as an interactive tool (chapter 11): simulated clicks
+(``metrics.next_click``), the IoU after each, NoC (``metrics.noc``); on one process.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, Te
 from ._checks import check_count, check_images, check_logits_and_target
 from .data import panoptic_target
 from .losses import cross_entropy
-from .metrics import SegmentationMetric, mask_average_precision, panoptic_quality
+from .metrics import SegmentationMetric, mask_average_precision, next_click, noc, panoptic_quality
+from .models.sam import Sam, postprocess_masks, preprocess, scale_prompts
 
 __all__ = ["make_loader", "to_device", "is_distributed", "semantic_logits", "evaluate", "predict",
-           "evaluate_instances", "evaluate_panoptic"]
+           "evaluate_instances", "evaluate_panoptic", "evaluate_clicks"]
 
 
 # --- batches --------------------------------------------------------------------------------------
@@ -359,3 +364,140 @@ def evaluate_panoptic(model: nn.Module, data, *, batch_size: int = 16, device=No
     scores = {"mask_ap50": ap["ap"], "pq": pq["pq"], "sq": pq["sq"], "rq": pq["rq"],
               "pq_things": pq["things"]["pq"], "pq_stuff": pq["stuff"]["pq"]}
     return scores | ({"predictions": predictions} if return_predictions else {})
+
+
+# --- interactive segmentation (SAM) ---------------------------------------------------------------
+
+def _check_click_args(model, data, max_clicks, first, thresholds, max_objects):
+    if not isinstance(model, Sam):
+        raise ValueError(f"model must be a segcourse Sam (segcourse.models.sam), got "
+                         f"{type(model).__name__}")
+    if not hasattr(data, "__len__") or not hasattr(data, "__getitem__") or len(data) == 0:
+        raise ValueError("data must be a non-empty dataset or list of (image [3, H, W], target "
+                         "dict with 'masks' [n, H, W]), e.g. InstanceTargets(ShapesDataset())")
+    check_count(max_clicks, "max_clicks")
+    if first not in ("point", "box"):
+        raise ValueError(f"first must be 'point' or 'box', got {first!r}")
+    if max_objects is not None:
+        check_count(max_objects, "max_objects")
+    if not isinstance(thresholds, (tuple, list)) or not thresholds:
+        raise ValueError(f"thresholds must be a non-empty tuple of IoUs in (0, 1], got "
+                         f"{thresholds!r}")
+    keys = [round(float(t) * 100) if isinstance(t, (int, float)) and not isinstance(t, bool)
+            and 0 < t <= 1 else None for t in thresholds]
+    if None in keys or len(set(keys)) != len(keys):
+        raise ValueError(f"thresholds must be distinct IoUs in (0, 1] (named by percent: 0.85 "
+                         f"-> noc85), got {thresholds!r}")
+    return keys
+
+
+def _click_item(item, i):
+    """``(image [3, H, W], masks [n, H, W] bool, boxes [n, 4] or None)`` of item ``i``."""
+    if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[1], dict):
+        raise ValueError(f"data[{i}] must be (image, target dict), got {type(item).__name__}")
+    image, target = item
+    check_images(image[None] if isinstance(image, torch.Tensor) else image, 3,
+                 name=f"data[{i}] image")
+    masks = target.get("masks")
+    if not isinstance(masks, torch.Tensor) or masks.dim() != 3 \
+            or masks.shape[1:] != image.shape[1:]:
+        raise ValueError(f"data[{i}] target['masks'] must be [n, {image.shape[1]}, "
+                         f"{image.shape[2]}] (the image's size), got "
+                         f"{tuple(getattr(masks, 'shape', ()))}")
+    boxes = target.get("boxes")
+    if boxes is not None and tuple(boxes.shape) != (masks.shape[0], 4):
+        raise ValueError(f"data[{i}] target['boxes'] must be [{masks.shape[0]}, 4], got "
+                         f"{tuple(boxes.shape)}")
+    return image, masks.bool(), boxes
+
+
+def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes ``[P, 4]`` (x1, y1, x2, y2) of non-empty masks, x2 and y2 exclusive (the
+    course's convention, as ``ShapesDataset`` and ``target_from_mask``)."""
+    rows, cols = masks.any(2), masks.any(1)  # (P, H), (P, W)
+    def span(hit):  # first and one-past-last True of each row of ``hit``
+        idx = torch.arange(hit.shape[1], device=hit.device)
+        return (torch.where(hit, idx, hit.shape[1]).amin(1),
+                torch.where(hit, idx, -1).amax(1) + 1)
+    (y1, y2), (x1, x2) = span(rows), span(cols)
+    return torch.stack([x1, y1, x2, y2], -1).float()
+
+
+def _click_rounds(model, emb, target, box, max_clicks, first) -> torch.Tensor:
+    """IoU ``[P, max_clicks]`` of the P objects ``target [P, H, W]`` of one embedded image."""
+    S = model.config.encoder.image_size
+    P, H, W = target.shape
+    dev = emb.device
+    points, labels = torch.zeros(P, 0, 2, device=dev), torch.zeros(P, 0, dtype=torch.long,
+                                                                   device=dev)
+    pred = torch.zeros_like(target)
+    box_in = scale_prompts((H, W), S, boxes=box)[1][None] if first == "box" else None
+    mask_in, ious = None, []
+    for k in range(max_clicks):
+        if k > 0 or first == "point":  # a box is the first interaction itself
+            click, label = next_click(pred, target)
+            points = torch.cat([points, click[:, None]], 1)
+            labels = torch.cat([labels, label[:, None]], 1)
+        pts = scale_prompts((H, W), S, points=points)[0][None] if points.shape[1] else None
+        # a single point is ambiguous: 3 masks, the one of highest predicted IoU (SAM's rule)
+        multimask = k == 0 and first == "point"
+        out = model.decode(emb, pts, labels[None] if pts is not None else None, box_in,
+                           mask_in, multimask_output=multimask)
+        best = out["iou_scores"][0].argmax(-1)  # (P,): 0 for a single mask
+        low = out["mask_logits"][0].float()[torch.arange(P, device=dev), best]  # (P, 4h, 4w)
+        mask_in = low[None]  # fed back with the next click, as SamPredictor is used
+        pred = postprocess_masks(low, (H, W), S) > 0
+        inter = (pred & target).flatten(1).sum(1).float()
+        ious.append(inter / (pred | target).flatten(1).sum(1).float())
+    return torch.stack(ious, 1)
+
+
+@torch.no_grad()
+def evaluate_clicks(model: nn.Module, data, max_clicks: int = 10, first: str = "point",
+                    thresholds=(0.85, 0.90), device=None, max_objects: int | None = None) -> dict:
+    """SAM as an interactive tool: per object, ``max_clicks`` simulated clicks and the IoU
+    after each (RITM's and SAM's protocol, ``segcourse.metrics.interactive``).
+
+    ``data``: a dataset or list of ``(image [3, H, W] in [0, 1], target dict with masks [n, H,
+    W])``, e.g. ``InstanceTargets(ShapesDataset(...))``. Per image the encoder runs once; its
+    objects (those with pixels; the first ``max_objects`` if given) are P prompts decoded
+    together. ``first="point"``: click 1 is a positive click at the object's centre
+    (``next_click`` of an empty prediction), decoded with 3 masks of which the one of highest
+    predicted IoU is kept; ``first="box"``: interaction 1 is the object's tight box
+    (``target["boxes"]``, x2 and y2 exclusive; computed from the mask when absent), kept in
+    every later round. Each later click (``next_click`` of the current prediction) is added to
+    the earlier prompts, the previous low-res logits go back in as ``mask_inputs``, and a single
+    mask is decoded. IoUs are at the image size (``postprocess_masks``, threshold 0), as
+    :meth:`Sam.predict` gives.
+
+    Returns ``{"iou": [N, max_clicks] (N objects of the whole set, on the CPU), "miou":
+    [max_clicks], "noc85", "nof85", "noc90", "nof90"}`` (one pair per threshold, named by
+    percent); NoC counts ``max_clicks`` for an object that never reaches the threshold, NoF is
+    how many never do. The model's train/eval mode is restored afterwards.
+    """
+    keys = _check_click_args(model, data, max_clicks, first, thresholds, max_objects)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = _param_dtype(model)
+    S = model.config.encoder.image_size
+    was_training = model.training
+    model.eval()
+    ious = []
+    try:
+        for i in range(len(data)):
+            image, masks, boxes = _click_item(data[i], i)
+            keep = masks.flatten(1).any(1).nonzero()[:, 0][:max_objects]
+            if not len(keep):
+                continue
+            target = masks[keep].to(device)
+            box = (boxes[keep].float() if boxes is not None else _mask_boxes(target)).to(device)
+            emb = model.embed(preprocess(image[None].to(device, dtype), S))  # once per image
+            ious.append(_click_rounds(model, emb, target, box, max_clicks, first).cpu())
+    finally:
+        model.train(was_training)
+    if not ious:
+        raise ValueError("data holds no object with pixels: nothing to click on")
+    iou = torch.cat(ious)
+    scores = {"iou": iou, "miou": iou.mean(0)}
+    for t, key in zip(thresholds, keys):
+        scores[f"noc{key}"], scores[f"nof{key}"] = noc(iou, float(t))
+    return scores

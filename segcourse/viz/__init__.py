@@ -13,6 +13,8 @@
 - ``refinements``      dense CRF and test-time augmentation, before and after (chapter 8)
 - ``comparison``       models side by side: compute, accuracy vs cost, per-class IoU (chapter 9)
 - ``queries``          matching, per-layer query maps, what queries learn (chapter 10)
+- ``prompts``          clicks and boxes, ambiguous clicks, mIoU per click, segment everything
+  (chapter 11)
 """
 
 from .attention import plot_attention_cost, plot_token_maps
@@ -38,6 +40,14 @@ from .gates import show_attention_gates
 from .losses import plot_boundary_errors, plot_focal_loss, plot_loss_comparison
 from .masks import colorize, legend_patches, overlay, show_predictions, to_numpy_image
 from .panels import show_labels, show_maps
+from .prompts import (
+    amg_figure,
+    click_sequence_figure,
+    draw_prompts,
+    multimask_figure,
+    plot_click_curves,
+    prompt_figure,
+)
 from .queries import (
     matching_figure,
     plot_cost_matrix,
@@ -68,4 +78,6 @@ __all__ = [
     "show_model_predictions",
     "plot_cost_matrix", "matching_figure", "plot_layer_maps", "plot_query_gallery",
     "three_tasks_figure",
+    "draw_prompts", "prompt_figure", "multimask_figure", "plot_click_curves",
+    "click_sequence_figure", "amg_figure",
 ]

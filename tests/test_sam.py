@@ -13,6 +13,7 @@ from segcourse.models.sam import (
     preprocess,
     sam,
     scale_prompts,
+    to_official_state_dict,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -133,6 +134,9 @@ def test_official_names_load():
                 official[f"prompt_encoder.point_embeddings.{n}.weight"] = ours[o][n:n + 1]
             continue
         official[o] = ours[k]
+    back = to_official_state_dict(ours)  # the inverse, against the names written by hand
+    assert back.keys() == official.keys()
+    assert all(torch.equal(back[k], official[k]) for k in official)
     converted = convert_official_state_dict(official)
     assert set(converted) == set(ours)
     for k, v in converted.items():

@@ -62,7 +62,8 @@ from .sam_prompt_encoder import (
 )
 
 __all__ = ["SamConfig", "Sam", "sam", "sam_config", "build_sam", "from_hf",
-           "convert_official_state_dict", "input_size", "preprocess", "scale_prompts",
+           "convert_official_state_dict", "to_official_state_dict", "OFFICIAL_CHECKPOINTS",
+           "input_size", "preprocess", "scale_prompts",
            "postprocess_masks"]
 
 # SAM normalises with ImageNet statistics ((x * 255 - 123.675) / 58.395 ... in the original)
@@ -306,3 +307,41 @@ def convert_official_state_dict(state_dict: dict) -> dict:
         ours[key] = value
     ours["prompt_encoder.point_embed.weight"] = torch.cat([v for _, v in sorted(points)])
     return ours
+
+
+# The published checkpoints (segment_anything's README); convert_official_state_dict reads them
+OFFICIAL_CHECKPOINTS = {
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+}
+
+# ours -> segment_anything, the converter's rules read backwards
+_TO_OFFICIAL_RULES = [
+    (r"^image_encoder\.patch_embed\.", "image_encoder.patch_embed.proj."),
+    (r"^prompt_encoder\.pe\.gaussian$",
+     "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
+    (r"^prompt_encoder\.mask_downscaler\.", "prompt_encoder.mask_downscaling."),
+    (r"\.mlp\.0\.", ".mlp.lin1."), (r"\.mlp\.2\.", ".mlp.lin2."),
+    (r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.([024])\.",
+     lambda m: f"{m[1]}.layers.{int(m[2]) // 2}."),
+]
+
+
+def to_official_state_dict(state_dict: dict) -> dict:
+    """A segcourse :class:`Sam` ``state_dict`` under segment_anything's names (what
+    ``sam_vit_*.pth`` holds): the inverse of :func:`convert_official_state_dict`, for sharing
+    weights with the authors' code and tools."""
+    if not isinstance(state_dict, dict) or "prompt_encoder.point_embed.weight" not in state_dict:
+        raise ValueError("state_dict is not a segcourse Sam state_dict (no "
+                         "prompt_encoder.point_embed.weight)")
+    out = {}
+    for key, value in state_dict.items():
+        if key == "prompt_encoder.point_embed.weight":  # one table -> four 1-row embeddings
+            out.update({f"prompt_encoder.point_embeddings.{i}.weight": value[i:i + 1]
+                        for i in range(len(value))})
+            continue
+        for pattern, repl in _TO_OFFICIAL_RULES:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out

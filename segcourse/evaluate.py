@@ -473,7 +473,9 @@ def evaluate_clicks(model: nn.Module, data, max_clicks: int = 10, first: str = "
     Returns ``{"iou": [N, max_clicks] (N objects of the whole set, on the CPU), "miou":
     [max_clicks], "noc85", "nof85", "noc90", "nof90"}`` (one pair per threshold, named by
     percent); NoC counts ``max_clicks`` for an object that never reaches the threshold, NoF is
-    how many never do. The model's train/eval mode is restored afterwards.
+    how many never do. Every object gets all ``max_clicks`` (RITM stops at its IoU goal; the
+    NoC is the same, and the mIoU curve needs them all). The model's train/eval mode is
+    restored afterwards.
     """
     keys = _check_click_args(model, data, max_clicks, first, thresholds, max_objects)
     device = torch.device(device) if device is not None else next(model.parameters()).device

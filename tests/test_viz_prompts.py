@@ -209,3 +209,9 @@ def test_amg_figure_with_no_masks_and_bad_inputs(image):
         amg_figure(image, torch.zeros(H, W))
     with pytest.raises(ValueError, match="scores must hold"):
         amg_figure(image, torch.zeros(2, H, W), scores=[0.9])
+
+
+def test_click_curves_without_thresholds():
+    fig = plot_click_curves({"a": [0.5, 0.6]}, thresholds=())
+    assert len(fig.axes[0].lines) == 1
+    plt.close(fig)

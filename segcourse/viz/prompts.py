@@ -8,11 +8,16 @@ y1, x2, y2)`` is in the course's continuous convention (``x2 = last column + 1``
 ``InstanceTargets`` and :func:`~segcourse.models.sam_automatic.generate_masks`), so it is
 drawn shifted by -0.5 (:func:`~segcourse.viz.detection.draw_boxes`). Labels are SAM's: 1
 positive, 0 negative, -1 padding (not drawn).
+
+The look follows the authors' notebooks (segment-anything ``notebooks/predictor_example.ipynb``:
+``show_points`` green and red stars, ``show_box`` a green rectangle, ``show_mask`` in
+(30, 144, 255); ``automatic_mask_generator_example.ipynb``: ``show_anns`` paints masks largest
+first). Where we differ: negative clicks are red crosses, not stars (told apart without
+colour), and :func:`amg_figure` reuses :func:`~segcourse.viz.detection.paint_instances`' tab10
+colours (they repeat after 10 masks; the authors draw random colours).
 """
 
 from __future__ import annotations
-
-import numbers
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -62,10 +67,10 @@ def _mask(mask, size, name: str) -> np.ndarray:
 def _score(value, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) and \
-            not (hasattr(value, "item") and _np(value).size == 1):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    return float(_np(value).reshape(()))
+    v = _np(value)
+    if isinstance(value, bool) or v.size != 1 or not np.issubdtype(v.dtype, np.number):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(v.reshape(()))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -190,7 +195,7 @@ def plot_click_curves(curves: dict, thresholds=(0.85, 0.9), references: dict | N
 
     series = {name: check(v, f"curves[{name!r}]") for name, v in curves.items()}
     levels = {name: check(v, f"references[{name!r}]")[0] for name, v in references.items()}
-    marks = check(list(thresholds), "thresholds") if len(thresholds) else []
+    marks = check(list(thresholds), "thresholds") if thresholds else []
     k_max = max(len(v) for v in series.values())
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, v in series.items():

@@ -6,7 +6,8 @@
 Prints per variant the parameters, GFLOPs and median CPU latency of ``Sam.embed`` (one image at
 the encoder's input size) and of ``Sam.decode`` (one click: a single positive point, three
 masks), counted with PyTorch's FLOP counter (a multiply-add is 2 FLOPs; fused attention on the
-CPU counted as two matrix products, see ``segcourse.profiling``). The paper's point: the decoder
+CPU counted as two matrix products), by ``segcourse.profiling.prompt_cost``, which chapter 11
+uses too. The paper's point: the decoder
 costs a tiny fraction of the encoder, so an interactive tool embeds once and answers every
 click in milliseconds.
 """
@@ -22,37 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segcourse.models.sam import ENCODERS, sam  # noqa: E402
-from segcourse.profiling import count_flops, median_seconds  # noqa: E402
+from segcourse.profiling import prompt_cost  # noqa: E402
 
 
-def _gflops(model, run) -> float:
-    return count_flops(model, run).get_total_flops() / 1e9
-
-
-@torch.no_grad()
 def measure(variant: str, repeats: int = 5) -> dict:
-    """``{"variant", "encoder_params", "decoder_params", "encoder_gflops", "decoder_gflops",
-    "encoder_ms", "decoder_ms"}`` of one SAM, on the CPU."""
+    """``segcourse.profiling.prompt_cost`` of ``sam(variant)`` (random weights), on the CPU."""
     torch.manual_seed(0)
-    model = sam(variant).eval()
-    S = model.config.encoder.image_size
-    image = torch.rand(1, 3, S, S)
-    embedding = model.embed(image)
-    point = torch.tensor([[[[S / 2, S / 2]]]])
-    label = torch.ones(1, 1, 1)
-
-    def encode(x=image):
-        return model.embed(x)
-
-    def decode(e=embedding):  # one click, three masks
-        return model.decode(e, point, label, multimask_output=True)
-
-    encoder = sum(p.numel() for p in model.image_encoder.parameters())
-    return {"variant": variant, "image_size": S, "encoder_params": encoder,
-            "decoder_params": sum(p.numel() for p in model.parameters()) - encoder,
-            "encoder_gflops": _gflops(model, encode), "decoder_gflops": _gflops(model, decode),
-            "encoder_ms": 1000 * median_seconds(model, encode, image, repeats),
-            "decoder_ms": 1000 * median_seconds(model, decode, embedding, repeats)}
+    return {"variant": variant, **prompt_cost(sam(variant).eval(), repeats)}
 
 
 def format_rows(rows: list[dict]) -> str:

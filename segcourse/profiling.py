@@ -17,6 +17,7 @@ on a GPU too), so both report numbers measured the same way:
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -31,7 +32,7 @@ from .train import evaluate, fit, seed_everything
 
 __all__ = ["CPU_BUDGET", "count_parameters", "count_flops", "gflops", "gflops_by_module",
            "median_seconds", "cpu_latency", "profile", "compare_models", "format_table",
-           "answer_latency", "panoptic_profile", "format_panoptic_table"]
+           "answer_latency", "panoptic_profile", "format_panoptic_table", "prompt_cost"]
 
 # The shared budget of chapter 9 on a 2-core CPU (about a minute for all nine models): few
 # images but many small steps, which teaches a model more per second than a few large batches.
@@ -169,6 +170,42 @@ def answer_latency(model: nn.Module, size: tuple[int, int] = (64, 64), in_channe
     post-processing), else ``model(x)`` (Panoptic FPN's forward includes NMS and fusion)."""
     x = torch.rand(1, in_channels, *size, generator=torch.Generator().manual_seed(0))
     return median_seconds(model, getattr(model, "segment", None) or model, x, repeats, warmup)
+
+
+@torch.no_grad()
+def prompt_cost(model: nn.Module, repeats: int = 5, timed: bool = True) -> dict:
+    """SAM's cost split: the image encoder (once per image) against the prompt encoder + mask
+    decoder (once per click: one positive point, three masks).
+
+    Returns ``{"image_size", "encoder_params", "decoder_params", "encoder_gflops",
+    "decoder_gflops"}`` and, with ``timed``, ``"encoder_ms"`` and ``"decoder_ms"`` (median CPU
+    wall time). The encoder's FLOPs are counted on a copy on the meta device -- shapes only, no
+    arithmetic, so ViT-H at 1024 px costs nothing to count; its latency needs ``timed``.
+    """
+    if not all(hasattr(model, a) for a in ("embed", "decode", "image_encoder")):
+        raise ValueError(f"model must be a segcourse Sam, got {type(model).__name__}")
+    S = model.config.encoder.image_size
+    C, g = model.config.decoder.embed_dim, model.prompt_encoder.embedding_size
+    device = _device(model)
+    embedding = torch.randn(1, C, g, g, generator=torch.Generator().manual_seed(0)).to(device)
+    point = torch.tensor([[[[S / 2, S / 2]]]], device=device)
+    label = torch.ones(1, 1, 1, dtype=torch.long, device=device)
+
+    def decode(e=embedding):
+        return model.decode(e, point, label, multimask_output=True)
+
+    meta = copy.deepcopy(model.image_encoder).to("meta").eval()
+    image = torch.empty(1, 3, S, S, device="meta")
+    encoder = count_parameters(model.image_encoder)
+    row = {"image_size": S, "encoder_params": encoder,
+           "decoder_params": count_parameters(model) - encoder,
+           "encoder_gflops": count_flops(meta, lambda: meta(image)).get_total_flops() / 1e9,
+           "decoder_gflops": count_flops(model, decode).get_total_flops() / 1e9}
+    if timed:
+        x = torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(0))
+        row["encoder_ms"] = 1000 * median_seconds(model, model.embed, x, repeats)
+        row["decoder_ms"] = 1000 * median_seconds(model, decode, embedding.cpu(), repeats)
+    return row
 
 
 def panoptic_profile(model: nn.Module, scenes, size: tuple[int, int] = (64, 64),

@@ -391,8 +391,9 @@ def _check_click_args(model, data, max_clicks, first, thresholds, max_objects):
     return keys
 
 
-def _click_item(item, i):
-    """``(image [3, H, W], masks [n, H, W] bool, boxes [n, 4] or None)`` of item ``i``."""
+def _click_item(item, i, ignore_index):
+    """``(image [3, H, W], masks [n, H, W] bool, boxes [n, 4] or None, ignore [H, W] bool or
+    None)`` of item ``i``; ``ignore`` from the target's ``semantic`` map where it has one."""
     if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[1], dict):
         raise ValueError(f"data[{i}] must be (image, target dict), got {type(item).__name__}")
     image, target = item
@@ -408,7 +409,14 @@ def _click_item(item, i):
     if boxes is not None and tuple(boxes.shape) != (masks.shape[0], 4):
         raise ValueError(f"data[{i}] target['boxes'] must be [{masks.shape[0]}, 4], got "
                          f"{tuple(boxes.shape)}")
-    return image, masks.bool(), boxes
+    semantic = target.get("semantic")
+    ignore = None
+    if isinstance(semantic, torch.Tensor) and ignore_index is not None:
+        if semantic.shape != masks.shape[1:]:
+            raise ValueError(f"data[{i}] target['semantic'] must be {tuple(masks.shape[1:])} "
+                             f"(the image's size), got {tuple(semantic.shape)}")
+        ignore = semantic == ignore_index
+    return image, masks.bool(), boxes, ignore
 
 
 def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -423,8 +431,9 @@ def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, y1, x2, y2], -1).float()
 
 
-def _click_rounds(model, emb, target, box, max_clicks, first) -> torch.Tensor:
-    """IoU ``[P, max_clicks]`` of the P objects ``target [P, H, W]`` of one embedded image."""
+def _click_rounds(model, emb, target, box, max_clicks, first, ignore=None) -> torch.Tensor:
+    """IoU ``[P, max_clicks]`` of the P objects ``target [P, H, W]`` of one embedded image;
+    pixels in ``ignore [H, W]`` neither count nor get clicked."""
     S = model.config.encoder.image_size
     P, H, W = target.shape
     dev = emb.device
@@ -435,7 +444,7 @@ def _click_rounds(model, emb, target, box, max_clicks, first) -> torch.Tensor:
     mask_in, ious = None, []
     for k in range(max_clicks):
         if k > 0 or first == "point":  # a box is the first interaction itself
-            click, label = next_click(pred, target)
+            click, label = next_click(pred, target, ignore)
             points = torch.cat([points, click[:, None]], 1)
             labels = torch.cat([labels, label[:, None]], 1)
         pts = scale_prompts((H, W), S, points=points)[0][None] if points.shape[1] else None
@@ -447,14 +456,16 @@ def _click_rounds(model, emb, target, box, max_clicks, first) -> torch.Tensor:
         low = out["mask_logits"][0].float()[torch.arange(P, device=dev), best]  # (P, 4h, 4w)
         mask_in = low[None]  # fed back with the next click, as SamPredictor is used
         pred = postprocess_masks(low, (H, W), S) > 0
-        inter = (pred & target).flatten(1).sum(1).float()
-        ious.append(inter / (pred | target).flatten(1).sum(1).float())
+        scored = pred if ignore is None else pred & ~ignore
+        inter = (scored & target).flatten(1).sum(1).float()
+        ious.append(inter / (scored | target).flatten(1).sum(1).float())
     return torch.stack(ious, 1)
 
 
 @torch.no_grad()
 def evaluate_clicks(model: nn.Module, data, max_clicks: int = 10, first: str = "point",
-                    thresholds=(0.85, 0.90), device=None, max_objects: int | None = None) -> dict:
+                    thresholds=(0.85, 0.90), device=None, max_objects: int | None = None,
+                    ignore_index: int | None = 255) -> dict:
     """SAM as an interactive tool: per object, ``max_clicks`` simulated clicks and the IoU
     after each (RITM's and SAM's protocol, ``segcourse.metrics.interactive``).
 
@@ -468,7 +479,8 @@ def evaluate_clicks(model: nn.Module, data, max_clicks: int = 10, first: str = "
     every later round. Each later click (``next_click`` of the current prediction) is added to
     the earlier prompts, the previous low-res logits go back in as ``mask_inputs``, and a single
     mask is decoded. IoUs are at the image size (``postprocess_masks``, threshold 0), as
-    :meth:`Sam.predict` gives.
+    :meth:`Sam.predict` gives. Pixels labelled ``ignore_index`` in a target's ``semantic`` map
+    (Oxford-IIIT Pet's trimap border) count in no IoU and are never clicked.
 
     Returns ``{"iou": [N, max_clicks] (N objects of the whole set, on the CPU), "miou":
     [max_clicks], "noc85", "nof85", "noc90", "nof90"}`` (one pair per threshold, named by
@@ -486,14 +498,16 @@ def evaluate_clicks(model: nn.Module, data, max_clicks: int = 10, first: str = "
     ious = []
     try:
         for i in range(len(data)):
-            image, masks, boxes = _click_item(data[i], i)
+            image, masks, boxes, ignore = _click_item(data[i], i, ignore_index)
             keep = masks.flatten(1).any(1).nonzero()[:, 0][:max_objects]
             if not len(keep):
                 continue
             target = masks[keep].to(device)
             box = (boxes[keep].float() if boxes is not None else _mask_boxes(target)).to(device)
             emb = model.embed(preprocess(image[None].to(device, dtype), S))  # once per image
-            ious.append(_click_rounds(model, emb, target, box, max_clicks, first).cpu())
+            ignore = None if ignore is None else ignore.to(device)
+            ious.append(_click_rounds(model, emb, target, box, max_clicks, first,
+                                      ignore).cpu())
     finally:
         model.train(was_training)
     if not ious:

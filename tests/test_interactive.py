@@ -286,3 +286,27 @@ def test_evaluate_clicks_validation(model, scenes):
         args = {"model": model, "data": scenes} | kwargs
         with pytest.raises(ValueError, match=message):
             evaluate_clicks(args.pop("model"), args.pop("data"), **args)
+
+
+def test_ignored_pixels_count_in_no_iou_and_get_no_click(model, monkeypatch):
+    """A fixed prediction (rows 0-9, cols 0-9) against a target (rows 0-9, cols 5-14) with the
+    columns 0-2 of the trimap-like ``semantic`` map ignored: by hand, IoU = 50 / (100 + 20)
+    instead of 50 / 150."""
+    import segcourse.evaluate as ev
+
+    H = W = 32
+    target = torch.zeros(1, H, W, dtype=torch.bool)
+    target[0, :10, 5:15] = True
+    fixed = torch.full((1, H, W), -1.0)
+    fixed[0, :10, :10] = 1.0
+    monkeypatch.setattr(ev, "postprocess_masks",
+                        lambda low, size, S: fixed.expand(len(low), -1, -1))
+    semantic = torch.zeros(H, W, dtype=torch.long)
+    semantic[:, :3] = 255
+    item = (torch.rand(3, H, W), {"masks": target, "semantic": semantic})
+    seen = ev.evaluate_clicks(model, [item], max_clicks=2)["iou"][0]
+    torch.testing.assert_close(seen, torch.tensor([50 / 120, 50 / 120]))
+    plain = ev.evaluate_clicks(model, [item], max_clicks=2, ignore_index=None)["iou"][0]
+    torch.testing.assert_close(plain, torch.tensor([50 / 150, 50 / 150]))
+    with pytest.raises(ValueError, match="semantic"):
+        ev.evaluate_clicks(model, [(item[0], {"masks": target, "semantic": semantic[:5]})])

@@ -95,6 +95,7 @@ def test_prompt_figure_one_panel_per_prompt_set(image):
     assert fig.axes[0].get_title() == "one click\nIoU 0.93"
     assert fig.axes[1].get_title() == "box + negative\nIoU 0.50"
     assert len(fig.axes[1].patches) == 1 and len(fig.axes[1].collections) == 1
+    plt.close(prompt_figure(image, [("no score", a, None, None, None)]))  # 5 fields: no score
     # the mask is overlaid: its pixels changed, the others kept the image
     shown = fig.axes[0].images[0].get_array()
     assert np.allclose(shown[~a.numpy()], image.permute(1, 2, 0).numpy()[~a.numpy()])

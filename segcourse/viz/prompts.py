@@ -119,7 +119,7 @@ def _panel(panel, k: int) -> dict:
         raise ValueError(f"panels[{k}] must be a dict or a tuple (title, mask, points, labels, "
                          f"boxes[, score]), got {type(panel).__name__} of length "
                          f"{len(panel) if isinstance(panel, (tuple, list)) else '-'}")
-    return dict(zip(keys, panel))
+    return dict(zip(keys, tuple(panel) + (None,) * (len(keys) - len(panel))))
 
 
 def prompt_figure(image, panels):

@@ -151,6 +151,14 @@ def test_bad_config():
     tiny = sam("tiny").config
     with pytest.raises(ValueError, match="embed_dim"):
         Sam(SamConfig(encoder=tiny.encoder, decoder=type(tiny.decoder)(embed_dim=32)))
+    # HF's num_pos_feats defaults to 128 (for width 256): a narrower HF model must set it
+    narrow = transformers.SamConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=64, output_channels=32, global_attn_indexes=[0]),
+        prompt_encoder_config=dict(hidden_size=32, image_size=64),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, iou_head_hidden_dim=32))
+    with pytest.raises(ValueError, match="num_pos_feats \\(128\\) must be half"):
+        from_hf(transformers.SamModel(narrow))
 
 
 def _hf_scale(coords, original):

@@ -239,6 +239,11 @@ def _config_from_hf(hf_config) -> SamConfig:
         mlp_dim=d.mlp_dim, attention_downsample_rate=d.attention_downsample_rate,
         num_multimask_outputs=d.num_multimask_outputs, iou_head_depth=d.iou_head_depth,
         iou_head_hidden_dim=d.iou_head_hidden_dim, layer_norm_eps=d.layer_norm_eps)
+    pos = getattr(v, "num_pos_feats", d.hidden_size // 2)  # the Fourier features' count
+    if 2 * pos != d.hidden_size:
+        raise ValueError(f"the HF config's vision_config.num_pos_feats ({pos}) must be half the "
+                         f"mask decoder's hidden_size ({d.hidden_size}): each position code is "
+                         "[sin, cos] of that many features")
     if p.hidden_size != d.hidden_size or p.image_size != v.image_size:
         raise ValueError("the HF config's prompt encoder must match its mask decoder width and "
                          "its vision encoder's image_size")

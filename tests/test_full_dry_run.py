@@ -52,3 +52,19 @@ def test_fake_eomt_loads_through_the_converter_with_the_coco_labels():
     model = from_hf(transformers.EomtForUniversalSegmentation(config).eval())
     with torch.no_grad():
         assert model.semantic(torch.rand(1, 3, 64, 48)).shape == (1, 133, 64, 48)
+
+
+def test_fake_sam_checkpoint_loads_through_the_official_converter():
+    """The stand-in keeps the paper's input geometry and decoder; the fake checkpoint carries
+    the authors' names, and segcourse's converter reads it into the stand-in exactly."""
+    from segcourse.models.sam import OFFICIAL_CHECKPOINTS, convert_official_state_dict, sam_config
+
+    stand_in = full_dry_run.stand_in_sam("vit_b")
+    paper = sam_config("vit_b")
+    c = stand_in.config
+    assert (c.encoder.image_size, c.encoder.patch_size, c.encoder.window_size) == (1024, 16, 14)
+    assert c.decoder == paper.decoder and c.encoder.num_hidden_layers == 2
+    state = full_dry_run.fake_torchvision_state(OFFICIAL_CHECKPOINTS["vit_b"])
+    assert "image_encoder.patch_embed.proj.weight" in state      # segment_anything's names
+    stand_in.load_state_dict(convert_official_state_dict(state))   # strict: every tensor
+    assert full_dry_run.stand_in_sam("tiny").config == sam_config("tiny")

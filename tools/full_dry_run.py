@@ -16,7 +16,11 @@ This tool runs each chapter top to bottom with ``FULL = True`` after a preamble 
   layout of the requested checkpoint (VGG16, VGG16-BN, ResNet-50/101),
   ``SegformerForImageClassification.from_pretrained`` with a randomly initialised MiT-B0, and
   ``EomtForUniversalSegmentation.from_pretrained`` with a small random EoMT that has the COCO
-  checkpoint's 133 labels and 16 x 16 patches (:func:`fake_eomt_config`).
+  checkpoint's 133 labels and 16 x 16 patches (:func:`fake_eomt_config`);
+- builds every paper-size SAM (``sam("vit_b")``...) as a small stand-in with the paper's input
+  and patch geometry (:func:`fake_sam_config`) and answers the official SAM checkpoint URLs
+  with its random weights under the authors' names (``sam.to_official_state_dict``), so the
+  converter and the loading code run as on Colab.
 
 What it proves: every FULL cell executes -- downloads are wired to the reader, checkpoints load
 into the models with the expected names and shapes, shapes line up at the real-data sizes, the
@@ -111,23 +115,33 @@ def fake_torchvision_state(url: str) -> dict:
             state.update({"fc.weight": torch.randn(1000, features) * 0.01,
                           "fc.bias": torch.zeros(1000)})
             return state
+    from segcourse.models.sam import OFFICIAL_CHECKPOINTS, to_official_state_dict
+
+    for variant, sam_url in OFFICIAL_CHECKPOINTS.items():
+        if url == sam_url:  # the authors' names, for the small stand-in of fake_sam_config
+            return to_official_state_dict(stand_in_sam(variant).state_dict())
     raise ValueError(f"dry run: no fake checkpoint for {url}")
 
 
-def fake_eomt_config():
-    """A small random EoMT with the COCO-panoptic checkpoint's labels and patch size (a
-    ViT-L at 640 x 640 would take minutes per image on a CPU): 133 classes, cat and dog among
-    them, 16 x 16 patches, 4 registers, 4 query blocks."""
-    import transformers
+def fake_sam_config(variant: str):
+    """A small stand-in for a paper SAM (a ViT-B at 1024 px takes ~15 s per image on a CPU):
+    the paper's 1024-px input, 16-px patches (a 64 x 64 grid) and 14 x 14 windows, with
+    2 blocks of width 64, one of them global, and the paper's 256-wide prompt decoder."""
+    import dataclasses
 
-    names = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
-             "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench",
-             "bird", "cat", "dog"]
-    id2label = {i: names[i] if i < len(names) else f"class {i}" for i in range(133)}
-    return transformers.EomtConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                   intermediate_size=256, num_blocks=2, num_queries=20,
-                                   image_size=640, patch_size=16, id2label=id2label,
-                                   label2id={v: k for k, v in id2label.items()})
+    from segcourse.models.sam import sam_config
+
+    paper = sam_config(variant)
+    encoder = dataclasses.replace(paper.encoder, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, global_attn_indexes=(1,))
+    return dataclasses.replace(paper, encoder=encoder)
+
+
+def stand_in_sam(variant: str = "vit_b"):
+    """``sam(variant)`` in a dry run: "tiny" as it is, a paper size as :func:`fake_sam_config`."""
+    from segcourse.models.sam import Sam, sam_config
+
+    return Sam(sam_config(variant) if variant == "tiny" else fake_sam_config(variant))
 
 
 PREAMBLE = '''
@@ -154,6 +168,8 @@ def _one_epoch_fit(*args, **kwargs):
     return _fit(*args, **kwargs)
 segcourse.train.fit = segcourse.profiling.fit = _one_epoch_fit
 
+import segcourse.models.sam
+segcourse.models.sam.sam = full_dry_run.stand_in_sam   # paper SAMs: a small stand-in
 torch.hub.load_state_dict_from_url = (
     lambda url, *args, **kwargs: full_dry_run.fake_torchvision_state(url))
 try:

@@ -144,6 +144,22 @@ def stand_in_sam(variant: str = "vit_b"):
     return Sam(sam_config(variant) if variant == "tiny" else fake_sam_config(variant))
 
 
+def fake_eomt_config():
+    """A small random EoMT with the COCO-panoptic checkpoint's labels and patch size (a
+    ViT-L at 640 x 640 would take minutes per image on a CPU): 133 classes, cat and dog among
+    them, 16 x 16 patches, 4 registers, 4 query blocks."""
+    import transformers
+
+    names = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+             "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench",
+             "bird", "cat", "dog"]
+    id2label = {i: names[i] if i < len(names) else f"class {i}" for i in range(133)}
+    return transformers.EomtConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                   intermediate_size=256, num_blocks=2, num_queries=20,
+                                   image_size=640, patch_size=16, id2label=id2label,
+                                   label2id={v: k for k, v in id2label.items()})
+
+
 PREAMBLE = '''
 # --- full_dry_run preamble: offline fakes and caps (not part of the chapter) ---
 import functools, sys

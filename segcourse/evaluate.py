@@ -37,6 +37,7 @@ from .data import panoptic_target
 from .losses import cross_entropy
 from .metrics import SegmentationMetric, mask_average_precision, next_click, noc, panoptic_quality
 from .models.sam import Sam, postprocess_masks, preprocess, scale_prompts
+from .ops import masks_to_boxes
 
 __all__ = ["make_loader", "to_device", "is_distributed", "semantic_logits", "evaluate", "predict",
            "evaluate_instances", "evaluate_panoptic", "evaluate_clicks"]
@@ -419,18 +420,6 @@ def _click_item(item, i, ignore_index):
     return image, masks.bool(), boxes, ignore
 
 
-def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes ``[P, 4]`` (x1, y1, x2, y2) of non-empty masks, x2 and y2 exclusive (the
-    course's convention, as ``ShapesDataset`` and ``target_from_mask``)."""
-    rows, cols = masks.any(2), masks.any(1)  # (P, H), (P, W)
-    def span(hit):  # first and one-past-last True of each row of ``hit``
-        idx = torch.arange(hit.shape[1], device=hit.device)
-        return (torch.where(hit, idx, hit.shape[1]).amin(1),
-                torch.where(hit, idx, -1).amax(1) + 1)
-    (y1, y2), (x1, x2) = span(rows), span(cols)
-    return torch.stack([x1, y1, x2, y2], -1).float()
-
-
 def _click_rounds(model, emb, target, box, max_clicks, first, ignore=None) -> torch.Tensor:
     """IoU ``[P, max_clicks]`` of the P objects ``target [P, H, W]`` of one embedded image;
     pixels in ``ignore [H, W]`` neither count nor get clicked."""
@@ -503,7 +492,7 @@ def evaluate_clicks(model: nn.Module, data, max_clicks: int = 10, first: str = "
             if not len(keep):
                 continue
             target = masks[keep].to(device)
-            box = (boxes[keep].float() if boxes is not None else _mask_boxes(target)).to(device)
+            box = (boxes[keep].float() if boxes is not None else masks_to_boxes(target)).to(device)
             emb = model.embed(preprocess(image[None].to(device, dtype), S))  # once per image
             ignore = None if ignore is None else ignore.to(device)
             ious.append(_click_rounds(model, emb, target, box, max_clicks, first,

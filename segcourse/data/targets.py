@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import as_tensor, check_class_ids
+from ..ops.boxes import masks_to_boxes
 
 __all__ = ["InstanceTargets", "targets_from_samples", "target_from_mask", "panoptic_target"]
 
@@ -63,16 +64,12 @@ def target_from_mask(mask: torch.Tensor, thing_classes) -> dict[str, torch.Tenso
     if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
         raise ValueError(f"mask must hold integer class ids (torch.int64), got {mask.dtype}")
     objects = [(k + 1, mask == c) for k, c in enumerate(thing_classes) if (mask == c).any()]
-    boxes = []
-    for _, m in objects:
-        ys, xs = torch.where(m)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])  # x2, y2 exclusive
     H, W = mask.shape
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+    masks = torch.stack([m for _, m in objects]) if objects \
+        else torch.zeros(0, H, W, dtype=torch.bool)
+    return {"boxes": masks_to_boxes(masks),  # x2, y2 exclusive
             "labels": torch.tensor([k for k, _ in objects], dtype=torch.int64),
-            "masks": torch.stack([m for _, m in objects]) if objects
-            else torch.zeros(0, H, W, dtype=torch.bool),
-            "semantic": mask}
+            "masks": masks, "semantic": mask}
 
 
 def panoptic_target(target: dict) -> torch.Tensor:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_count, check_number
-from ..ops import batched_nms
+from ..ops import batched_nms, masks_to_boxes
 from .sam import Sam, postprocess_masks, preprocess, scale_prompts
 
 __all__ = ["generate_masks", "stability_score", "build_point_grid", "mask_boxes",
@@ -77,17 +77,14 @@ def stability_score(mask_logits: torch.Tensor, threshold: float = 0.0,
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Boxes ``[..., 4]`` (x1, y1, x2, y2) of bool masks ``[..., H, W]`` in the reference's
-    inclusive pixel indices (``x2`` is the last column that holds the mask); 0s for an empty
-    mask (``batched_mask_to_box``)."""
-    H, W = masks.shape[-2:]
-    rows, cols = masks.any(-1), masks.any(-2)  # [..., H], [..., W]
-    ys = torch.arange(H, device=masks.device)
-    xs = torch.arange(W, device=masks.device)
-    y1, y2 = torch.where(rows, ys, H).amin(-1), torch.where(rows, ys, -1).amax(-1)
-    x1, x2 = torch.where(cols, xs, W).amin(-1), torch.where(cols, xs, -1).amax(-1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=-1)
-    return torch.where((x2 >= x1)[..., None], boxes, torch.zeros_like(boxes))
+    """Boxes ``[..., 4]`` (x1, y1, x2, y2, int64) of bool masks ``[..., H, W]`` in the
+    reference's inclusive pixel indices (``x2`` is the last column that holds the mask); 0s for
+    an empty mask (``batched_mask_to_box``). :func:`segcourse.ops.masks_to_boxes` less 1 on
+    the far corner."""
+    boxes = masks_to_boxes(masks).long()
+    nonempty = masks.flatten(-2).any(-1, keepdim=True)
+    return boxes - torch.cat([torch.zeros_like(boxes[..., :2]), nonempty.long().expand(
+        *boxes.shape[:-1], 2)], -1)
 
 
 def connected_components(mask: torch.Tensor) -> torch.Tensor:
@@ -228,8 +225,7 @@ def generate_masks(model: Sam, image: torch.Tensor, points_per_side: int = 16,
         masks, scores, stability, prompts = (masks[keep], scores[keep], stability[keep],
                                              prompts[keep])
 
-    boxes = mask_boxes(masks).float()
-    boxes[:, 2:] += masks.flatten(1).any(1, keepdim=True)  # x2, y2 exclusive (not empty masks)
+    boxes = masks_to_boxes(masks)  # x2, y2 exclusive
     return {"masks": masks, "scores": scores, "boxes": boxes, "stability": stability,
             "points": prompts, "labels": torch.ones(len(masks), dtype=torch.long,
                                                    device=masks.device)}

@@ -1,6 +1,6 @@
 """Generic operators that models build on, one kind per file (torchvision's ``ops`` layout).
 
-- ``boxes``      box area, pairwise IoU, the R-CNN delta encoding, clipping
+- ``boxes``      box area, pairwise IoU, the R-CNN delta encoding, clipping, boxes of masks
 - ``nms``        greedy non-maximum suppression, per group with ``batched_nms``
 - ``roi_align``  RoIAlign, the bilinear crop-and-resize of Mask R-CNN
 - ``poolers``    multi-scale RoIAlign: each box read from the pyramid level of its size
@@ -18,6 +18,7 @@ from .boxes import (
     clip_boxes,
     decode_boxes,
     encode_boxes,
+    masks_to_boxes,
     remove_small_boxes,
 )
 from .deformable_attention import MultiScaleDeformableAttention, multi_scale_deformable_attention
@@ -30,7 +31,8 @@ from .poolers import MultiScaleRoIAlign
 from .roi_align import as_rois, roi_align
 
 __all__ = ["box_area", "box_iou", "encode_boxes", "decode_boxes", "clip_boxes",
-           "remove_small_boxes", "nms", "batched_nms", "roi_align", "as_rois", "BBOX_CLIP"]
+           "remove_small_boxes", "masks_to_boxes", "nms", "batched_nms", "roi_align", "as_rois",
+           "BBOX_CLIP"]
 __all__ += ["MultiScaleRoIAlign", "match_boxes", "sample_balanced", "BACKGROUND", "IGNORE",
             "FrozenBatchNorm2d", "convert_frozen_batchnorm"]
 __all__ += ["hungarian", "point_sample", "uncertain_points", "MultiScaleDeformableAttention",

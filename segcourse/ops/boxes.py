@@ -1,4 +1,4 @@
-"""Box geometry: areas, pairwise IoU, the R-CNN delta encoding, clipping.
+"""Box geometry: areas, pairwise IoU, the R-CNN delta encoding, clipping, boxes of masks.
 
 Boxes are (x1, y1, x2, y2) in continuous pixel coordinates: pixel (i, j) covers [j, j+1) x
 [i, i+1), so a box's width is x2 - x1 (no "+1" as in the original Caffe code). Reference:
@@ -12,7 +12,7 @@ import math
 import torch
 
 __all__ = ["box_area", "box_iou", "encode_boxes", "decode_boxes", "clip_boxes",
-           "remove_small_boxes", "BBOX_CLIP"]
+           "remove_small_boxes", "masks_to_boxes", "BBOX_CLIP"]
 
 BBOX_CLIP = math.log(1000.0 / 16)  # largest log-scale change decoded (torchvision, Detectron)
 
@@ -75,3 +75,21 @@ def clip_boxes(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def remove_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     return torch.where((w >= min_size) & (h >= min_size))[0]
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes ``[..., 4]`` (float) of bool masks ``[..., H, W]``: a mask covering columns
+    j1..j2 and rows i1..i2 gets (j1, i1, j2 + 1, i2 + 1), this module's convention (torchvision's
+    ``masks_to_boxes`` returns the inclusive j2, i2); an empty mask gets 0s."""
+    if not isinstance(masks, torch.Tensor) or masks.dim() < 2:
+        raise ValueError(f"masks must be a tensor [..., H, W], got "
+                         f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else masks!r}")
+    masks = masks.bool()
+    H, W = masks.shape[-2:]
+    rows, cols = masks.any(-1), masks.any(-2)  # [..., H], [..., W]
+    ys = torch.arange(H, device=masks.device)
+    xs = torch.arange(W, device=masks.device)
+    y1, y2 = torch.where(rows, ys, H).amin(-1), torch.where(rows, ys, -1).amax(-1) + 1
+    x1, x2 = torch.where(cols, xs, W).amin(-1), torch.where(cols, xs, -1).amax(-1) + 1
+    boxes = torch.stack([x1, y1, x2, y2], dim=-1).float()
+    return torch.where(rows.any(-1, keepdim=True), boxes, torch.zeros_like(boxes))

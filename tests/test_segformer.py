@@ -52,11 +52,17 @@ def count(model: nn.Module) -> int:
 
 # --- equivalence with HF ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("fold", [False, True], ids=["published", "folded"])
 @pytest.mark.parametrize("variant, size", [("b0", (97, 131)), ("b1", (64, 48)), ("b2", (33, 47))])
-def test_logits_equal_hf(variant, size):
+def test_logits_equal_hf(variant, size, fold, monkeypatch):
+    # random_hf_model randomises BatchNorm's running statistics, which the folded decoder
+    # (tests/test_segformer_fold.py) builds into its per-stage maps
     hf = random_hf_model(variant)
     ours = SegFormer(7, variant=variant).eval()
     ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))  # strict: every key maps
+    ours.decoder.fold = fold
+    if fold:  # make sure the folded path is the one that runs
+        monkeypatch.setattr(ours.decoder, "fused", None)
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         expected = hf(pixel_values=x).logits  # HF stops at 1/4 resolution

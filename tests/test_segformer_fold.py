@@ -14,6 +14,11 @@ import torch.nn as nn
 from segcourse.models.segformer import VARIANTS, AllMLPDecoder, SegFormer
 from segcourse.profiling import gflops, gflops_by_module
 
+# Whole models with randomised norms give logits of about +-16, where float32 rounding of two
+# summation orders differs by ~1e-6 per op (measured: up to 9e-6); the decoder-level test holds
+# 1e-5 on logits of order 1 (measured: 3e-7).
+MODEL_ATOL = 3e-5
+
 
 def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial affine parameters and running statistics: defaults (1, 0, 0, 1) would hide
@@ -81,7 +86,7 @@ def test_folded_model_gives_the_same_logits_and_uses_the_folded_path(size, monke
 
     monkeypatch.setattr(folded.decoder, "fused", not_this_path)
     with torch.no_grad():
-        torch.testing.assert_close(folded(x), unfolded(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(folded(x), unfolded(x), atol=MODEL_ATOL, rtol=0)
 
 
 def test_folded_weights_follow_parameter_changes_and_loads():
@@ -92,13 +97,13 @@ def test_folded_weights_follow_parameter_changes_and_loads():
     with torch.no_grad():
         before = net(x)
         net.load_state_dict(other.state_dict())
-        torch.testing.assert_close(net(x), other(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(net(x), other(x), atol=MODEL_ATOL, rtol=0)
         assert (net(x) - before).abs().max() > 1e-2
         net.decoder.fuse[1].running_mean.add_(1.0)
         net.decoder.fold = False
         expected = net(x)
         net.decoder.fold = True
-        torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(net(x), expected, atol=MODEL_ATOL, rtol=0)
 
 
 def test_training_mode_keeps_batch_statistics():
@@ -121,7 +126,7 @@ def test_training_mode_keeps_batch_statistics():
     net.eval()
     bn.train()
     with torch.no_grad():
-        torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(net(x), expected, atol=MODEL_ATOL, rtol=0)
 
 
 def test_gradients_flow_as_before():

@@ -295,7 +295,9 @@ class AllMLPDecoder(nn.Module):
 
     **Folded inference** (``fold=True``, eval mode). Everything before the ReLU is linear or
     affine: the projections ``L_i x + b_i``, the bilinear upsampling (per channel, with weights
-    that sum to 1, so it commutes with any channel mixing and maps a constant map to itself),
+    that sum to 1, so it commutes with any channel mixing and maps a constant map to itself;
+    stage 1 is already on the 1/4 grid, where HF's ``interpolate`` to the same size is the
+    identity, ``align_corners=False`` for the others as in HF),
     the 1x1 fuse conv ``W = [W_4 | W_3 | W_2 | W_1]`` (one block per stage, deepest first) and
     BatchNorm with running statistics, ``s * z + t``. Hence::
 

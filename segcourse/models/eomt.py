@@ -301,7 +301,10 @@ class EoMT(nn.Module, MaskClassifier):
         x = self.patch_embed(images)
         B, D, h, w = x.shape
         pos = self.pos_embed
-        if (h, w) != self.grid:  # resize the stored grid to this one (timm: bicubic, antialias)
+        # Resize the stored grid to this one (timm: bicubic, antialias). While exporting to ONNX
+        # always resize: the tracer would freeze this Python `if` at the export size, and the
+        # resize to the same size is the identity (bicubic weights 0, 1, 0, 0), so it is exact.
+        if (h, w) != self.grid or torch.onnx.is_in_onnx_export():
             pos = pos.reshape(1, *self.grid, D).permute(0, 3, 1, 2)  # -> (1, D, gh, gw)
             pos = F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False,
                                 antialias=True).flatten(2).transpose(1, 2)  # -> (1, h*w, D)
@@ -375,7 +378,10 @@ class EoMT(nn.Module, MaskClassifier):
                 mask = self.attention_mask(mask_logits, grid, self.attn_mask_probs[i - first])
             x = block(x, mask)
         per_block.append(self.predict(self.norm(x), grid))
-        h, w = (-(-n // self.config.mask_stride) for n in (H, W))  # cells covering the image
+        # cells covering the image: ceil(n / s), written (n + s - 1) // s and not -(-n // s),
+        # because ONNX's integer Div truncates: the exported -(-97 // 4) would be 24, not 25
+        s = self.config.mask_stride
+        h, w = ((n + s - 1) // s for n in (H, W))
         outputs = [{"class_logits": c, "mask_logits": m[..., :h, :w]} for m, c in per_block]
         out = dict(outputs[-1])
         if self.training:

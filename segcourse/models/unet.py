@@ -96,7 +96,10 @@ def pad_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     if dh < 0 or dw < 0:
         raise RuntimeError(f"upsampled map {tuple(x.shape[-2:])} is larger than its skip "
                            f"{tuple(ref.shape[-2:])}")
-    return F.pad(x, (0, dw, 0, dh)) if dh or dw else x
+    # Always pad, even by 0 (a no-op copy): an ONNX export traces the pad amounts as functions of
+    # the input size, but a Python `if dh or dw` would be frozen at the export size (False at
+    # 64 x 64) and the graph would then fail on odd sizes (segcourse.export).
+    return F.pad(x, (0, dw, 0, dh))
 
 
 class Up(nn.Module):

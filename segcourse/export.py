@@ -27,9 +27,10 @@ What the graphs compute:
 tracer. On torch 2.13 with onnxscript 0.7 we tried both on every registered model: the tracer
 exports each in 0.1-0.7 s and, after the model fixes below, every graph matches PyTorch at an
 unseen size; the torch.export one took 3-11 s per model (so a test over the registry would not
-fit in a minute) and its DeepLabV3 / V3+ graphs fail in onnxruntime (a bilinear ``Resize`` whose
-batch and channel scales are not 1, from the image-pooling branch). Neither exporter protects
-against the real trap, which is the same for both: Python code on sizes.
+fit in a minute), onnxruntime refused its DeepLabV3 / V3+ graphs (a bilinear ``Resize`` with
+scales it does not support), and it froze the same Python code on sizes as the tracer, silently.
+Neither exporter protects against that trap; :func:`check_onnx` at a new size does. (The
+tracer needs ``onnx`` but not ``onnxscript``.)
 
 **What dynamic shapes need from the model code.** The tracer records tensor operations, and the
 sizes read from ``x.shape`` as tensors, so ``F.interpolate(x, size=skip.shape[-2:])`` or
@@ -47,7 +48,8 @@ Not exported: **Mask2Former**. Its multi-scale deformable attention
 (``check_spatial_shapes``) and a constant tensor of them; the tracer freezes those at the
 export size and the graph is wrong at any other size (max difference 0.2-0.7 at 97 x 131).
 :func:`export_onnx` refuses it with a ``ValueError`` saying so rather than write a graph that
-is only right at one size.
+is only right at one size. (Keeping the traced sizes there while tracing -- in
+``check_spatial_shapes`` and the offsets' normaliser -- makes it export, to 4e-6.)
 
 SAM's input checks (``.any()`` on the point labels, the fixed encoder size) run on the example
 inputs while tracing and are not in the graphs: an exported decoder trusts its inputs.
@@ -134,9 +136,13 @@ def _bicubic_antialias(g, images, output_size, *args):
                 antialias_i=1, exclude_outside_i=1, coordinate_transformation_mode_s="half_pixel")
 
 
+_EXAMPLE_KEY = "segcourse.example_shapes"  # metadata: the input shapes the graph was traced at
+
+
 def _trace_to_onnx(module, args, path, input_names, output_names, dynamic_axes, opset):
     """``torch.onnx.export`` with the TorchScript tracer, its expected warnings silenced (the
-    tracer warns at every size it reads; check_onnx is the check that matters)."""
+    tracer warns at every size it reads; check_onnx is the check that matters); the example
+    shapes go in the file's metadata, so that check_onnx can tell a check at the same size."""
     torch.onnx.register_custom_op_symbolic("aten::_upsample_bicubic2d_aa", _bicubic_antialias,
                                            opset)
     with warnings.catch_warnings():
@@ -148,6 +154,11 @@ def _trace_to_onnx(module, args, path, input_names, output_names, dynamic_axes, 
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
                           input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, do_constant_folding=True)
+    import onnx
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = _EXAMPLE_KEY, repr([tuple(a.shape) for a in args])
+    onnx.save(graph, str(path))
 
 
 class _EvalMode:
@@ -296,7 +307,10 @@ def _session(path):
 def run_onnx(path, inputs) -> dict:
     """Run the ONNX graph at ``path`` with onnxruntime on the CPU: ``inputs`` (a tensor or
     NumPy array, or a tuple of them in the graph's input order) -> ``{output name: array}``."""
-    session = _session(path)
+    return _run(_session(path), inputs)
+
+
+def _run(session, inputs) -> dict:
     inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
     graph_inputs = session.get_inputs()
     if len(inputs) != len(graph_inputs):
@@ -319,6 +333,8 @@ def check_onnx(model: nn.Module, path, inputs, atol: float = 1e-4) -> float:
     pass the :class:`SamEncoderGraph` / :class:`SamDecoderGraph` as ``model`` and their
     inputs (a tuple for the decoder). Prints and returns the largest absolute difference;
     raises ``AssertionError`` naming the output if it exceeds ``atol`` or a shape differs.
+    At the very shapes the graph was exported with it warns: such a check cannot catch a size
+    frozen at export.
     """
     _check_module(model)
     atol = check_number(atol, "atol", low=0.0)
@@ -327,7 +343,12 @@ def check_onnx(model: nn.Module, path, inputs, atol: float = 1e-4) -> float:
         _check_tensor(x, f"inputs[{i}]", dims=None, floating=False)
     if len(inputs) == 1:
         _check_tensor(inputs[0], "inputs", floating=True)
-    got = run_onnx(path, inputs)
+    session = _session(path)
+    got = _run(session, inputs)
+    seen = session.get_modelmeta().custom_metadata_map.get(_EXAMPLE_KEY)
+    if seen == repr([tuple(x.shape) for x in inputs]):
+        warnings.warn(f"check_onnx at the export's own input shapes {seen} cannot catch a size "
+                      "frozen at export: check at another batch and image size", stacklevel=2)
     with _EvalMode(model), torch.no_grad():
         expected = _flat(model(*inputs))
     if len(expected) != len(got):

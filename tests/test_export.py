@@ -47,6 +47,8 @@ def test_check_onnx_catches_a_wrong_graph(folder, capsys):
     x = torch.randn(1, 3, 70, 66)
     assert export.check_onnx(model, path, x) < 1e-5
     assert "logits: max |onnxruntime - PyTorch|" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="cannot catch a size frozen"):  # the export's size
+        export.check_onnx(model, path, torch.randn(1, 3, 64, 64))
     with torch.no_grad():  # the PyTorch model changes after export: the graph is now wrong
         for p in model.parameters():
             p.add_(0.1)

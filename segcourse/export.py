@@ -118,6 +118,16 @@ def _check_opset(opset) -> int:
     return opset
 
 
+def _require(module: str):
+    """Import ``module`` (onnx, onnxruntime), or say how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"segcourse.export needs {module}: pip install 'segcourse[deploy]' "
+                          f"(or pip install onnx onnxruntime)") from e
+
+
 # --- The one operator the tracer lacks -----------------------------------------------------------
 
 def _bicubic_antialias(g, images, output_size, *args):
@@ -154,7 +164,7 @@ def _trace_to_onnx(module, args, path, input_names, output_names, dynamic_axes, 
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
                           input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, do_constant_folding=True)
-    import onnx
+    onnx = _require("onnx")
     graph = onnx.load(str(path))
     entry = graph.metadata_props.add()
     entry.key, entry.value = _EXAMPLE_KEY, repr([tuple(a.shape) for a in args])
@@ -212,6 +222,7 @@ def export_onnx(model: nn.Module, path, example_input: torch.Tensor,
     path = _check_path(path)
     _check_tensor(example_input, "example_input")
     opset = _check_opset(opset)
+    _require("onnx")
     with _EvalMode(model), torch.no_grad():
         outputs = model(example_input)
         names = _output_names(outputs)
@@ -272,6 +283,7 @@ def export_sam(sam: nn.Module, encoder_path, decoder_path, num_points: int = 1,
         _check_path(decoder_path, "decoder_path")
     num_points = check_count(num_points, "num_points")
     opset = _check_opset(opset)
+    _require("onnx")
     S = sam.config.encoder.image_size
     dtype = sam.mask_decoder.iou_token.weight.dtype
     device = sam.mask_decoder.iou_token.weight.device
@@ -295,7 +307,7 @@ def export_sam(sam: nn.Module, encoder_path, decoder_path, num_points: int = 1,
 # --- Running and checking ------------------------------------------------------------------------
 
 def _session(path):
-    import onnxruntime as ort
+    ort = _require("onnxruntime")
     path = _check_path(path)
     if not path.is_file():
         raise ValueError(f"path {str(path)!r} does not exist: export the model first")

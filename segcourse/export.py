@@ -22,9 +22,9 @@ What the graphs compute:
   N, 2], point_labels [B, P, N]) -> (mask_logits, iou_scores)`` with dynamic B, P and N, which a
   client runs per click.
 
-**Exporter.** torch offers two: the TorchScript tracer (``dynamo=False``, deprecated since torch
-2.9 but kept) and the ``torch.export``-based one (``dynamo=True``, the default). We use the
-tracer. On torch 2.13 with onnxscript 0.7 we tried both on every registered model: the tracer
+**Exporter.** torch offers two: the TorchScript tracer (``dynamo=False``: deprecated, still in
+torch 2.13) and the ``torch.export``-based one (``dynamo=True``, the default since 2.9). We use
+the tracer. On torch 2.13 with onnxscript 0.7 we tried both on every registered model: the tracer
 exports each in 0.1-0.7 s and, after the model fixes below, every graph matches PyTorch at an
 unseen size; the torch.export one took 3-11 s per model (so a test over the registry would not
 fit in a minute), onnxruntime refused its DeepLabV3 / V3+ graphs (a bilinear ``Resize`` with

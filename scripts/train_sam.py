@@ -43,7 +43,8 @@ from segcourse.train import fit, load_checkpoint, seed_everything  # noqa: E402
 
 DATA = dict(size=64, num_things=3, max_instances=5)
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "sam_tiny_shapes.pt"
-TRAINER = dict(num_rounds=4, mask_rounds=1, max_objects=8, box_prob=0.5, box_noise=0.1)
+TRAINER = dict(num_rounds=4, mask_rounds=1, max_objects=8, box_prob=0.5, box_noise=0.1,
+               corrective="uniform")
 
 
 def score(model, val_samples: int) -> dict:
@@ -70,6 +71,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: PyTorch's default)")
     parser.add_argument("--val-samples", type=int, default=100)
+    parser.add_argument("--corrective", choices=("uniform", "centre"),
+                        default=TRAINER["corrective"],
+                        help="where the clicks after the first prompt go (ClickTrainer)")
     parser.add_argument("--score-only", action="store_true",
                         help="score the checkpoint at --out again and rewrite its metrics")
     parser.add_argument("--out", default=str(CHECKPOINT))
@@ -85,6 +89,7 @@ def main(argv=None):
                   if k not in ("model", "optimizer", "format", "checksum")}
         model.float().eval()
     else:
+        trainer = {**TRAINER, "corrective": args.corrective}
         seed_everything(0)
         scenes = ShapesDataset(args.iterations * args.batch_size, seed=0, **DATA)
         warmup = min(100, args.iterations // 10)
@@ -92,7 +97,7 @@ def main(argv=None):
         history = fit(model, InstanceTargets(scenes), max_steps=args.iterations,
                       batch_size=args.batch_size, lr=args.lr, weight_decay=0.05,
                       scheduler="warmup_cosine", warmup_steps=warmup, grad_clip=1.0,
-                      step=ClickTrainer(seed=0, **TRAINER), log_every=50)
+                      step=ClickTrainer(seed=0, **trainer), log_every=50)
         train_seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
         print(f"training: {train_seconds:.0f} s wall, {cpu_seconds:.0f} s CPU", flush=True)
@@ -101,7 +106,7 @@ def main(argv=None):
             "log": history["log"], "metrics": {},
             "recipe": {"iterations": args.iterations, "batch_size": args.batch_size,
                        "lr": args.lr, "weight_decay": 0.05, "warmup_steps": warmup,
-                       "grad_clip": 1.0, **TRAINER},
+                       "grad_clip": 1.0, **trainer},
             "command": "python scripts/train_sam.py "
                        + " ".join(argv if argv is not None else sys.argv[1:]),
             "train_seconds": round(train_seconds), "train_cpu_seconds": round(cpu_seconds),

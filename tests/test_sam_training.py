@@ -273,3 +273,33 @@ def test_click_step_refuses_ddp_instead_of_training_unsynchronised(monkeypatch):
     model = FakeDDP(sam("tiny"))
     with pytest.raises(ValueError, match="one process"):
         click_step(model, (torch.rand(1, 3, 64, 64), [{}]))
+
+
+def test_centre_corrective_clicks_are_the_evaluation_protocol(monkeypatch):
+    """With corrective="centre" every click after the first prompt is metrics.next_click of
+    the shown prediction (spied), never a uniform draw; a bad value is a ValueError."""
+    import segcourse.models.sam_training as st
+
+    calls = {"centre": 0, "uniform": 0}
+    real_centre, real_uniform = st.next_click, st.next_clicks
+
+    def centre(pred, target, ignore=None):
+        calls["centre"] += 1
+        return real_centre(pred, target, ignore)
+
+    def uniform(*args, **kwargs):
+        calls["uniform"] += 1
+        return real_uniform(*args, **kwargs)
+
+    monkeypatch.setattr(st, "next_click", centre)
+    monkeypatch.setattr(st, "next_clicks", uniform)
+    torch.manual_seed(0)
+    model = sam("tiny")
+    data = InstanceTargets(ShapesDataset(num_samples=2, seed=0))
+    batch = InstanceTargets.collate_fn([data[0], data[1]])
+    out = ClickTrainer(num_rounds=2, seed=0, corrective="centre")(model, batch)
+    assert calls["uniform"] == 0 and calls["centre"] > 0
+    assert torch.isfinite(out["loss_mask"]) and "corrective='centre'" in repr(
+        ClickTrainer(corrective="centre"))
+    with pytest.raises(ValueError, match="corrective"):
+        ClickTrainer(corrective="deepest")

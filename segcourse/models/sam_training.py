@@ -9,7 +9,10 @@ and appendix A, "Training algorithm". Per object of each image:
 2. ``num_rounds`` further rounds: the error region of the previous prediction -- false
    negatives or false positives, whichever is larger -- gives a new click drawn uniformly inside
    it (positive in a false negative, negative in a false positive), added to the earlier
-   prompts, and the previous low-res mask logits are fed back as the mask prompt;
+   prompts, and the previous low-res mask logits are fed back as the mask prompt (with
+   ``corrective="centre"`` the click is the deepest pixel of the larger error instead --
+   ``segcourse.metrics.next_click``, RITM's iterative training and the evaluation's
+   simulated user);
 3. ``mask_rounds`` last rounds (0 by default; the paper: 2) with no new click, only the
    previous logits fed back ("to encourage the model to benefit from the supplied mask").
 
@@ -50,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_count, check_images, check_number
+from ..metrics.interactive import next_click
 from .sam import postprocess_masks, preprocess, scale_prompts
 
 __all__ = ["ClickTrainer", "click_step", "sigmoid_focal_loss", "dice_loss", "mask_iou",
@@ -150,6 +154,13 @@ def jitter_boxes(boxes: torch.Tensor, size: tuple[int, int], noise: float = 0.1,
 
 # --- the step -------------------------------------------------------------------------------------
 
+def _check_corrective(corrective):
+    if corrective not in ("uniform", "centre"):
+        raise ValueError(f"corrective must be 'uniform' (the paper's clicks) or 'centre' "
+                         f"(RITM's), got {corrective!r}")
+    return corrective
+
+
 def _check_batch(model, batch):
     if not all(hasattr(model, a) for a in ("embed", "decode", "config")):
         raise ValueError(f"model must be a segcourse Sam (with embed and decode), got "
@@ -179,7 +190,7 @@ def _check_batch(model, batch):
 
 
 def _group_losses(net, emb, target, size, rounds, first_box, boxes, generator, box_noise,
-                  clicks):
+                  clicks, corrective="uniform"):
     """Sum over the objects and rounds of one prompt group of one image (P objects)."""
     S = net.config.encoder.image_size
     P = target.shape[0]
@@ -218,7 +229,11 @@ def _group_losses(net, emb, target, size, rounds, first_box, boxes, generator, b
         mask_in = low.detach()[idx, shown][None]  # (1, P, 4h, 4w)
         if r >= clicks:
             continue
-        click, label = next_clicks(logits.detach()[idx, shown] > 0, target, generator)
+        shown_mask = logits.detach()[idx, shown] > 0
+        if corrective == "centre":  # RITM's: the deepest pixel of the larger error
+            click, label = next_click(shown_mask, target)
+        else:  # the paper's: a pixel drawn uniformly in the larger error
+            click, label = next_clicks(shown_mask, target, generator)
         points = torch.cat([points, click[None, :, None]], 2)
         labels = torch.cat([labels, label[None, :, None]], 2)
     return total_mask, total_iou
@@ -226,9 +241,12 @@ def _group_losses(net, emb, target, size, rounds, first_box, boxes, generator, b
 
 def click_step(model, batch, num_rounds: int = 2, max_objects: int = 8, box_prob: float = 0.5,
                box_noise: float = 0.1, generator: torch.Generator | None = None,
-               mask_rounds: int = 0):
+               mask_rounds: int = 0, corrective: str = "uniform"):
     """One batch of simulated interactive segmentation -> ``{"loss_mask", "loss_iou"}``, each
-    a mean over the objects and rounds (``fit``'s ``step`` contract; see the module doc)."""
+    a mean over the objects and rounds (``fit``'s ``step`` contract; see the module doc).
+    ``corrective`` places the clicks after the first prompt: ``"uniform"`` in the larger error
+    (the paper's), ``"centre"`` at its deepest pixel (RITM's, the evaluation protocol's)."""
+    _check_corrective(corrective)
     num_rounds = check_count(num_rounds, "num_rounds", minimum=0)
     mask_rounds = check_count(mask_rounds, "mask_rounds", minimum=0)
     max_objects = check_count(max_objects, "max_objects")
@@ -259,7 +277,7 @@ def click_step(model, batch, num_rounds: int = 2, max_objects: int = 8, box_prob
             m, i = _group_losses(net, emb[b:b + 1], masks[sel.to(emb.device)], size,
                                  num_rounds + mask_rounds, first_box,
                                  t["boxes"].to(emb.device)[sel], generator, box_noise,
-                                 num_rounds)
+                                 num_rounds, corrective)
             total_mask, total_iou = total_mask + m, total_iou + i
             count += len(sel) * (num_rounds + mask_rounds + 1)
     count = max(count, 1)
@@ -270,7 +288,9 @@ class ClickTrainer:
     """:func:`click_step` with its options and a seeded generator, for ``fit(step=...)``."""
 
     def __init__(self, num_rounds: int = 2, max_objects: int = 8, box_prob: float = 0.5,
-                 box_noise: float = 0.1, seed: int | None = 0, mask_rounds: int = 0):
+                 box_noise: float = 0.1, seed: int | None = 0, mask_rounds: int = 0,
+                 corrective: str = "uniform"):
+        self.corrective = _check_corrective(corrective)
         self.num_rounds = check_count(num_rounds, "num_rounds", minimum=0)
         self.mask_rounds = check_count(mask_rounds, "mask_rounds", minimum=0)
         self.max_objects = check_count(max_objects, "max_objects")
@@ -285,9 +305,9 @@ class ClickTrainer:
 
     def __call__(self, model, batch) -> dict[str, torch.Tensor]:
         return click_step(model, batch, self.num_rounds, self.max_objects, self.box_prob,
-                          self.box_noise, self.generator, self.mask_rounds)
+                          self.box_noise, self.generator, self.mask_rounds, self.corrective)
 
     def __repr__(self) -> str:
         return (f"ClickTrainer(num_rounds={self.num_rounds}, max_objects={self.max_objects}, "
                 f"box_prob={self.box_prob}, box_noise={self.box_noise}, "
-                f"mask_rounds={self.mask_rounds})")
+                f"mask_rounds={self.mask_rounds}, corrective={self.corrective!r})")

@@ -43,13 +43,11 @@ always resize while exporting, an identity at the stored size; ``(n + s - 1) // 
 PyTorch function exactly -- their tests pass unchanged -- and :func:`check_onnx` at a new size is
 what catches the next one.
 
-Not exported: **Mask2Former**. Its multi-scale deformable attention
-(:mod:`segcourse.ops.deformable_attention`) turns the levels' sizes into Python ints
-(``check_spatial_shapes``) and a constant tensor of them; the tracer freezes those at the
-export size and the graph is wrong at any other size (max difference 0.2-0.7 at 97 x 131).
-:func:`export_onnx` refuses it with a ``ValueError`` saying so rather than write a graph that
-is only right at one size. (Keeping the traced sizes there while tracing -- in
-``check_spatial_shapes`` and the offsets' normaliser -- makes it export, to 4e-6.)
+Mask2Former's multi-scale deformable attention (:mod:`segcourse.ops.deformable_attention`)
+turned the levels' sizes into Python ints (``check_spatial_shapes``) and a constant tensor of
+them: traced, the graph was right only at the export size (max difference 0.2-0.7 at 97 x 131).
+While tracing, it now keeps the traced sizes (and stacks the offsets' normaliser from them), and
+the graph matches PyTorch at any size.
 
 SAM's input checks (``.any()`` on the point labels, the fixed encoder size) run on the example
 inputs while tracing and are not in the graphs: an exported decoder trusts its inputs.
@@ -67,27 +65,15 @@ import torch.nn as nn
 from ._checks import check_count, check_number
 
 __all__ = ["export_onnx", "check_onnx", "run_onnx", "export_sam", "SamEncoderGraph",
-           "SamDecoderGraph", "NOT_EXPORTABLE"]
+           "SamDecoderGraph"]
 
 DEFAULT_OPSET = 18  # >= 17 for LayerNormalization; 18 for Resize's antialias (EoMT)
-
-# Models whose graph would be right only at the export size, with the reason (module docstring).
-NOT_EXPORTABLE = {
-    "Mask2Former": "its multi-scale deformable attention (segcourse.ops.deformable_attention) "
-                   "turns the feature levels' sizes into Python ints, which the ONNX tracer "
-                   "freezes at the export size",
-}
-
 
 # --- Validation ----------------------------------------------------------------------------------
 
 def _check_module(model, name: str = "model") -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
-    reason = NOT_EXPORTABLE.get(type(model).__name__)
-    if reason is not None:
-        raise ValueError(f"{type(model).__name__} does not export to ONNX with dynamic sizes: "
-                         f"{reason}")
 
 
 def _check_path(path, name: str = "path") -> Path:

@@ -9,8 +9,6 @@ pytest.importorskip("onnxruntime")
 
 from segcourse import export, models  # noqa: E402
 
-# Mask2Former's deformable attention freezes its levels' sizes at export (export's docstring)
-SKIP = {"mask2former"}
 CLASSIFIERS = models.list_models(models.CLASSIFIERS)
 
 
@@ -19,7 +17,7 @@ def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx")
 
 
-@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if n not in SKIP])
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_export_matches_pytorch_at_a_new_size(name, folder):
     torch.manual_seed(0)
     model = models.build(name, num_classes=3)
@@ -54,12 +52,6 @@ def test_check_onnx_catches_a_wrong_graph(folder, capsys):
             p.add_(0.1)
     with pytest.raises(AssertionError, match="logits: max"):
         export.check_onnx(model, path, x)
-
-
-def test_mask2former_is_refused_with_the_reason(folder):
-    model = models.build("mask2former", num_classes=3)
-    with pytest.raises(ValueError, match="deformable attention"):
-        export.export_onnx(model, folder / "m2f.onnx", torch.randn(1, 3, 64, 64))
 
 
 @pytest.fixture(scope="module")

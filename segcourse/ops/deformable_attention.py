@@ -44,6 +44,7 @@ __all__ = ["multi_scale_deformable_attention", "MultiScaleDeformableAttention",
 def check_spatial_shapes(spatial_shapes, length: int | None = None) -> list[tuple[int, int]]:
     """``spatial_shapes`` (``[(h, w), ...]`` or a ``[L, 2]`` integer tensor) as a list of int
     pairs; with ``length``, their ``h * w`` must add up to it (the flattened maps' length)."""
+    traced = spatial_shapes
     if isinstance(spatial_shapes, torch.Tensor):
         spatial_shapes = spatial_shapes.tolist()
     try:
@@ -57,6 +58,10 @@ def check_spatial_shapes(spatial_shapes, length: int | None = None) -> list[tupl
     if length is not None and sum(h * w for h, w in shapes) != length:
         raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} "
                          f"positions, but the flattened maps have {length}")
+    if torch.jit.is_tracing() and not isinstance(traced, torch.Tensor):
+        # ONNX export: the sizes read from x.shape are traced values; int() would freeze them
+        # at the export size and the graph would be wrong at any other (segcourse.export)
+        return [tuple(pair) for pair in traced]
     return shapes
 
 
@@ -179,8 +184,12 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).view(B, Q, M, L, P, 2)
         weights = self.attention_weights(query).view(B, Q, M, L * P).softmax(-1)
         # pixels of level l -> normalised units: divide x by its width, y by its height
-        normaliser = torch.tensor([(w, h) for h, w in shapes], dtype=query.dtype,
-                                  device=query.device)                    # (L, 2)
+        if torch.jit.is_tracing():  # traced sizes: torch.tensor(...) would freeze them
+            normaliser = torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)])
+                                      for h, w in shapes]).to(query)          # (L, 2)
+        else:
+            normaliser = torch.tensor([(w, h) for h, w in shapes], dtype=query.dtype,
+                                      device=query.device)                # (L, 2)
         locations = reference_points[:, :, None, :, None, :] + offsets / normaliser[:, None, :]
         out = multi_scale_deformable_attention(value, shapes, locations,
                                                weights.view(B, Q, M, L, P))

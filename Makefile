@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 		$(BIN)/python -m pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e ".[test,book,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[test,book,dev,deploy]"
 	touch $(STAMP)
 
 # Chapters for students: solutions replaced by a stub, outputs cleared, written to student/.

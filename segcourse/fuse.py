@@ -57,6 +57,7 @@ The original model is not modified: :func:`fold_batchnorm` works on a deep copy 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -177,13 +178,15 @@ class _Watch(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _call(model: nn.Module, example_input):
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+def _call(model: nn.Module, example_input, forward=None):
     with torch.no_grad():
+        if forward is not None:
+            return forward(model, example_input)
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
         return model(*args)
 
 
-def _trace(model: nn.Module, example_input):
+def _trace(model: nn.Module, example_input, forward=None):
     """One forward pass of ``model`` (eval): its output, the candidate ``(conv name, bn name)``
     pairs in call order, and why every other BatchNorm is not a candidate."""
     names: dict[nn.Module, list[str]] = {}
@@ -222,7 +225,7 @@ def _trace(model: nn.Module, example_input):
             handles.append(m.register_forward_hook(bn_hook))
     try:
         with watch:
-            output = _call(model, example_input)
+            output = _call(model, example_input, forward)
     finally:
         for h in handles:
             h.remove()
@@ -273,7 +276,7 @@ def _max_difference(expected, actual) -> float:
             return float("inf")
         if not finite.any():
             return 0.0
-        e, a = expected[finite].double(), actual[finite].double()
+        e, a = expected.detach()[finite].double(), actual.detach()[finite].double()
         scale = max(float(e.abs().max()), torch.finfo(expected.dtype).tiny)
         return float((a - e).abs().max()) / scale
     if isinstance(expected, (tuple, list)):
@@ -314,7 +317,7 @@ class FoldReport:
 
 
 def fold_batchnorm(model: nn.Module, example_input, *, rtol: float = 1e-5,
-                   report: bool = False):
+                   forward: Callable | None = None, report: bool = False):
     """A deep copy of ``model`` in eval mode with every BatchNorm that directly follows a conv
     folded into it (:func:`fold_conv_bn`) and replaced by ``nn.Identity``; same function, fewer
     layers. ``model`` itself is not modified.
@@ -322,8 +325,12 @@ def fold_batchnorm(model: nn.Module, example_input, *, rtol: float = 1e-5,
     The pairs are found on one forward pass of ``example_input`` (a tensor, or a tuple of
     positional arguments) and every fold is verified on it: the copy's output must match the
     original's to ``rtol`` of each output tensor's scale, or the fold is undone (see the module
-    docstring for the method and for what is never folded). With ``report=True`` returns
-    ``(copy, FoldReport)``.
+    docstring for the method and for what is never folded). ``forward(model, example_input)``
+    replaces ``model(example_input)`` as the pass that is watched and compared: for a model
+    whose output ends in discrete decisions, e.g. Mask R-CNN (a box edge moved by 1e-7 pastes a
+    mask one pixel over; a probability at 0.5 flips a bool mask), compare the features before
+    them, ``forward=lambda m, x: m.features(x)``. With ``report=True`` returns ``(copy,
+    FoldReport)``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -332,7 +339,10 @@ def fold_batchnorm(model: nn.Module, example_input, *, rtol: float = 1e-5,
     reference = copy.deepcopy(model).eval()
     if not batchnorm_layers(reference):  # nothing to fold: no forward pass needed
         return (reference, FoldReport()) if report else reference
-    expected, pairs, kept = _trace(reference, example_input)
+    if forward is not None and not callable(forward):
+        raise ValueError(f"forward must be None or a callable (model, example_input), got "
+                         f"{type(forward).__name__}")
+    expected, pairs, kept = _trace(reference, example_input, forward)
     folded = copy.deepcopy(reference)
 
     def apply(pair):
@@ -343,13 +353,13 @@ def fold_batchnorm(model: nn.Module, example_input, *, rtol: float = 1e-5,
 
     for pair in pairs:
         apply(pair)
-    difference = _max_difference(expected, _call(folded, example_input)) if pairs else 0.0
+    difference = _max_difference(expected, _call(folded, example_input, forward)) if pairs else 0.0
     if difference > rtol:  # some fold changed the function: keep those that do not
         folded, accepted, difference = copy.deepcopy(reference), [], 0.0
         for pair in pairs:
             before = [folded.get_submodule(name) for name in pair]
             apply(pair)
-            d = _max_difference(expected, _call(folded, example_input))
+            d = _max_difference(expected, _call(folded, example_input, forward))
             if d > rtol:
                 for name, module in zip(pair, before):
                     _replace(folded, name, module)

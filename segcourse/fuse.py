@@ -116,9 +116,12 @@ def fold_conv_bn(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.Module) -> nn.Conv
     if parametrize.is_parametrized(conv):
         raise ValueError("conv has a parametrisation (e.g. weight norm): its weight is computed, "
                          "not stored; remove the parametrisation before folding")
-    if getattr(bn, "num_features", None) != conv.out_channels:
-        raise ValueError(f"bn normalises {getattr(bn, 'num_features', None)} channels but conv "
-                         f"has {conv.out_channels} output channels")
+    if not isinstance(bn, BATCHNORMS):
+        raise ValueError(f"bn must be an nn.BatchNorm2d or a FrozenBatchNorm2d, got "
+                         f"{type(bn).__name__}")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"bn normalises {bn.num_features} channels but conv has "
+                         f"{conv.out_channels} output channels")
     scale, shift = _scale_shift(bn)
     scale, shift = scale.to(conv.weight.device), shift.to(conv.weight.device)
     weight = conv.weight.detach().double()

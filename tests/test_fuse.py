@@ -285,3 +285,15 @@ def test_fold_batchnorm_mask_rcnn_frozen_batchnorm():
     x = torch.rand(2, 3, 97, 131)
     with torch.no_grad():
         assert relative_difference(model.eval().features(x), folded.features(x)) < 1e-4
+
+
+def test_folded_model_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from segcourse.export import check_onnx, export_onnx
+
+    torch.manual_seed(7)
+    folded = fold_batchnorm(randomise_batchnorm(models.build("unet", num_classes=3)),
+                            torch.randn(1, 3, 64, 64))
+    export_onnx(folded, tmp_path / "unet.onnx", torch.randn(1, 3, 64, 64))
+    assert check_onnx(folded, tmp_path / "unet.onnx", torch.randn(2, 3, 97, 131)) < 1e-4

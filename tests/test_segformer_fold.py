@@ -173,3 +173,26 @@ def test_folded_b0_flops_by_hand():
     saved = (total_before - total_after) * 1e9
     assert saved == pytest.approx(fuse - folding, rel=1e-3)
     assert total_after < 0.5 * total_before  # the fuse was more than half the model
+
+
+def test_decoder_folding_after_fold_batchnorm():
+    """segcourse.fuse folds the fuse layer's BatchNorm into its conv (an Identity remains);
+    the folded decoder then reads the conv's bias and gives the same logits."""
+    from segcourse.fuse import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = SegFormer(5, variant="b0").eval()
+    bn = model.decoder.fuse[1]
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        want = model(x)
+        folded = fold_batchnorm(model, x)
+        assert isinstance(folded.decoder.fuse[1], torch.nn.Identity)
+        folded.decoder.fold = True
+        got = folded(x)
+    torch.testing.assert_close(got, want, atol=3e-5 * want.abs().max().item(), rtol=0)

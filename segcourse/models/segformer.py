@@ -331,8 +331,10 @@ class AllMLPDecoder(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         bn = self.fuse[1]
-        # BatchNorm uses running statistics only outside training and when it has them
-        if self.fold and not bn.training and bn.running_mean is not None:
+        # BatchNorm uses running statistics only outside training and when it has them (an
+        # Identity: segcourse.fuse.fold_batchnorm already folded it into the conv)
+        if self.fold and (isinstance(bn, nn.Identity)
+                          or (not bn.training and bn.running_mean is not None)):
             x = self.fused_folded(features)
         else:
             x = self.fused(features)
@@ -354,11 +356,17 @@ class AllMLPDecoder(nn.Module):
     def folded_weights(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``M_i`` (width x C_i) per stage and the bias ``c`` (width) of the folded decoder."""
         conv, bn = self.fuse[0], self.fuse[1]
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # s: BN in eval is s * z + t
         blocks = conv.weight.flatten(1).chunk(len(self.proj), dim=1)[::-1]  # W_1 .. W_4
-        maps = [scale[:, None] * (w @ proj.weight) for w, proj in zip(blocks, self.proj)]
         bias = sum(w @ proj.bias for w, proj in zip(blocks, self.proj))
-        return maps, scale * bias + bn.bias - scale * bn.running_mean
+        if conv.bias is not None:  # a conv that absorbed its BN (segcourse.fuse)
+            bias = bias + conv.bias
+        if isinstance(bn, nn.Identity):
+            scale, shift = torch.ones_like(bias), torch.zeros_like(bias)
+        else:  # BN in eval is s * z + t
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            shift = bn.bias - scale * bn.running_mean
+        maps = [scale[:, None] * (w @ proj.weight) for w, proj in zip(blocks, self.proj)]
+        return maps, scale * bias + shift
 
     def fused_folded(self, features: list[torch.Tensor]) -> torch.Tensor:
         """The same map as :meth:`fused` with BN's running statistics: each stage's ``M_i`` at

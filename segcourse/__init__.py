@@ -12,6 +12,8 @@ The chapters of the book import from here. Sub-packages and modules, by what the
                              ``evaluate_clicks`` (interactive segmentation)
 - ``segcourse.checkpoints``  ``save_checkpoint`` / ``load_checkpoint``
 - ``segcourse.tta``          test-time augmentation; ``segcourse.crf``: dense CRF, ConvCRF
+- ``segcourse.export``       ONNX graphs with dynamic sizes, checked in onnxruntime (``deploy``)
+- ``segcourse.fuse``         inference-time folds: BatchNorm into the preceding conv
 - ``segcourse.profiling``    parameters, FLOPs, latency, same-budget comparisons, SAM's split
 - ``segcourse.viz``          every figure of the chapters, one topic per file
 - ``segcourse.widgets``      ipywidgets explorers over those figures

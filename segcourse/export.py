@@ -13,10 +13,11 @@ on an input of a size the export never saw and compares with PyTorch.
 What the graphs compute:
 
 - per-pixel models: ``images [B, C, H, W] -> logits [B, K, H, W]``;
-- mask-classification models (Mask2Former, EoMT): their raw eval-mode outputs, ``class_logits [B, Q, K+1]``
-  and ``mask_logits [B, Q, h, w]``, the set of (class, mask) pairs; the semantic,
-  instance or panoptic read-out (:mod:`segcourse.models.mask_inference`) is a few lines of
-  post-processing that a server may want to do its own way;
+- mask-classification models (Mask2Former, EoMT): their raw eval-mode outputs,
+  ``class_logits [B, Q, K+1]`` and ``mask_logits [B, Q, h, w]``, the set of (class, mask)
+  pairs; the semantic, instance or panoptic read-out
+  (:mod:`segcourse.models.mask_inference`) is a few lines of post-processing that a server
+  may want to do its own way;
 - SAM (:func:`export_sam`): two graphs, the image encoder ``images [B, 3, S, S] -> embeddings``
   (once per image: S is fixed, B is dynamic) and the prompt decoder ``(embeddings, points [B, P,
   N, 2], point_labels [B, P, N]) -> (mask_logits, iou_scores)`` with dynamic B, P and N, which a

@@ -143,6 +143,16 @@ def test_filters_and_nms_on_known_masks(model, monkeypatch):
     assert out["masks"].shape == (0, 40, 64) and out["boxes"].shape == (0, 4)
 
 
+def test_empty_masks_are_dropped(model, monkeypatch):
+    """A candidate with no pixel (logits all below 0) is no object, whatever its score."""
+    empty = torch.full_like(A, -0.5)  # above -1: the reference's stability would be 0 / n
+    _fake_decoder(model, monkeypatch, masks=(A, empty, B), ious=(0.9, 0.99, 0.8))
+    out = generate_masks(model, torch.rand(3, 64, 64), points_per_side=2, pred_iou_thresh=0.0,
+                         stability_score_thresh=0.0)
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.8])
+    assert out["masks"].flatten(1).any(1).all()
+
+
 def test_small_regions_removed(model, monkeypatch):
     speck = A.clone()
     speck[28, 2] = 10.0  # a 4-pixel island at 64 px

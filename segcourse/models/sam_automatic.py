@@ -24,16 +24,17 @@ compares with.
    every mask (:func:`remove_small_regions`), and NMS again preferring unchanged masks
    (``postprocess_small_regions``).
 
-Where we differ, and why: one crop only (no ``crop_n_layers``: the extra crops matter for
-small objects in large photos, not for 64-px scenes), so the reference's crop-edge filter never
-fires and is left out. Masks are returned as a bool tensor, not RLE records. The returned
-``boxes`` are in the course's continuous convention (``x2 = last column + 1``, as
-``segcourse.ops``); NMS runs on the reference's inclusive boxes (``x2 = last column``) so that
-its decisions are the reference's. Output is sorted by predicted IoU. Connected components
-(8-connectivity, as ``cv2.connectedComponentsWithStats(mask, 8)``) are found by iterated 3 x 3
-max-pooling of pixel labels in torch -- exact, no OpenCV, but one pass per pixel of the longest
-path inside a region, so slow on large images with long snake-like regions.
-"""
+Where we differ, and why: empty masks are dropped before NMS (the reference keeps them; the
+default stability threshold usually removes them, but with the filters lowered for a small model
+they came through as "objects" with boxes of 0s). One crop only (no ``crop_n_layers``: the extra
+crops matter for small objects in large photos, not for 64-px scenes), so the reference's
+crop-edge filter never fires and is left out. Masks are returned as a bool tensor, not RLE
+records. The returned ``boxes`` are in the course's continuous convention (``x2 = last column +
+1``, as ``segcourse.ops``); NMS runs on the reference's inclusive boxes (``x2 = last column``)
+so that its decisions are the reference's. Output is sorted by predicted IoU. Connected
+components (8-connectivity, as ``cv2.connectedComponentsWithStats(mask, 8)``) are found by
+iterated 3 x 3 max-pooling of pixel labels in torch -- exact, no OpenCV, but one pass per pixel
+of the longest path inside a region, so slow on large images with long snake-like regions. """
 
 from __future__ import annotations
 
@@ -206,6 +207,9 @@ def generate_masks(model: Sam, image: torch.Tensor, points_per_side: int = 16,
         prompts.append(point)
     masks, scores = torch.cat(masks), torch.cat(scores).float()
     stability, prompts = torch.cat(stability), torch.cat(prompts)
+    # an empty mask segments nothing (a click on what the model never learned to segment)
+    keep = masks.flatten(1).any(1)
+    masks, scores, stability, prompts = masks[keep], scores[keep], stability[keep], prompts[keep]
 
     keep = _nms(masks, scores, box_nms_thresh)
     masks, scores, stability, prompts = masks[keep], scores[keep], stability[keep], prompts[keep]

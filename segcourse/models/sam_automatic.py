@@ -34,7 +34,8 @@ records. The returned ``boxes`` are in the course's continuous convention (``x2 
 so that its decisions are the reference's. Output is sorted by predicted IoU. Connected
 components (8-connectivity, as ``cv2.connectedComponentsWithStats(mask, 8)``) are found by
 iterated 3 x 3 max-pooling of pixel labels in torch -- exact, no OpenCV, but one pass per pixel
-of the longest path inside a region, so slow on large images with long snake-like regions. """
+of the longest path inside a region, so slow on large images with long snake-like regions.
+"""
 
 from __future__ import annotations
 

@@ -5,9 +5,11 @@
 
 Both models are built with random weights (nothing is downloaded); segcourse's is loaded from
 HF's through ``convert_hf_state_dict``, and the script checks that they agree before timing
-them. Both stop at HF's output (logits at 1/4 resolution, before the final upsampling). The
+them; "segcourse fold" is the same model with the exact folded decoder (``decoder.fold``).
+All stop at HF's output (logits at 1/4 resolution, before the final upsampling). The
 table shows the median and the fastest of ``--runs`` forward passes after one warm-up, in
-milliseconds, with ``torch.inference_mode``; the two implementations alternate run by run.
+milliseconds, with ``torch.inference_mode``; the implementations alternate run by run, and "vs HF"
+is the ratio of medians.
 """
 
 from __future__ import annotations
@@ -57,23 +59,29 @@ def main(argv: list[str] | None = None) -> None:
     hf = SegformerForSemanticSegmentation(config).eval()
     ours = SegFormer(150, variant=args.variant).eval()
     ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))
-    impls = {"segcourse": ours.forward_quarter,
+    folded = SegFormer(150, variant=args.variant).eval()
+    folded.load_state_dict(ours.state_dict())
+    folded.decoder.fold = True  # the exact folded decoder (models.segformer.AllMLPDecoder)
+    impls = {"segcourse": ours.forward_quarter, "segcourse fold": folded.forward_quarter,
              "transformers": lambda x: hf(pixel_values=x).logits}
 
     print(f"SegFormer-{args.variant.upper()}, 150 classes, batch {args.batch}, "
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
           f"{args.runs} runs after a warm-up")
     header = (f"{'input':>9}  {'implementation':<14} {'median ms':>10} {'min ms':>8} "
-              f"{'max |diff|':>11}")
+              f"{'max |diff|':>11} {'vs HF':>8}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:
         x = torch.randn(args.batch, 3, size, size)
         with torch.inference_mode():
-            diff = (impls["segcourse"](x) - impls["transformers"](x)).abs().max().item()
-        for name, times in time_ms(impls, x, args.runs).items():
-            print(f"{size:>4}x{size:<4}  {name:<14} {statistics.median(times):>10.1f} "
-                  f"{min(times):>8.1f} {diff:>11.1e}")
+            reference = impls["transformers"](x)
+            diffs = {name: (fn(x) - reference).abs().max().item() for name, fn in impls.items()}
+        times = time_ms(impls, x, args.runs)
+        hf_median = statistics.median(times["transformers"])
+        for name, t in times.items():
+            print(f"{size:>4}x{size:<4}  {name:<14} {statistics.median(t):>10.1f} "
+                  f"{min(t):>8.1f} {diffs[name]:>11.1e} {statistics.median(t) / hf_median:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ preceding convolutions (``segcourse.fuse.fold_batchnorm``), SegFormer's folded d
 between the two outputs, and the achieved GFLOP/s of the best one as a fraction of the matmul
 throughput. GFLOPs are nominal -- those of the published computation, counted as direct
 convolutions and matrix products -- so more than 100 % is possible: a rewrite that removes FLOPs
-(SegFormer's fold) counts the FLOPs it no longer does, and oneDNN computes many 3 x 3
-convolutions with Winograd's algorithm, which needs fewer multiplications than the direct one
-(U-Net's 3 x 3 convolutions in ``channels_last`` reach 1.7 times the matmul rate on the course's
-2-core CPU).
+(SegFormer's fold) is credited with the FLOPs it no longer does, and the CNNs' convolutions ran
+faster than this matmul on the course's 2-core CPU (U-Net's paper configuration at 512^2: 1.75
+times its rate). Why is not pinned down yet: convolution algorithms that need fewer
+multiplications than the direct one (Winograd-type, in oneDNN) or a matmul reference below the
+CPU's peak are the candidates.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from ._checks import check_count, check_images, check_logits_and_target
 from .data import panoptic_target
 from .losses import cross_entropy
 from .metrics import SegmentationMetric, mask_average_precision, next_click, noc, panoptic_quality
-from .models.sam import Sam, postprocess_masks, preprocess, scale_prompts
+from .models.sam import Sam, preprocess
 from .ops import masks_to_boxes
 
 __all__ = ["make_loader", "to_device", "is_distributed", "semantic_logits", "evaluate", "predict",
@@ -423,28 +423,28 @@ def _click_item(item, i, ignore_index):
 def _click_rounds(model, emb, target, box, max_clicks, first, ignore=None) -> torch.Tensor:
     """IoU ``[P, max_clicks]`` of the P objects ``target [P, H, W]`` of one embedded image;
     pixels in ``ignore [H, W]`` neither count nor get clicked."""
-    S = model.config.encoder.image_size
     P, H, W = target.shape
     dev = emb.device
     points, labels = torch.zeros(P, 0, 2, device=dev), torch.zeros(P, 0, dtype=torch.long,
                                                                    device=dev)
     pred = torch.zeros_like(target)
-    box_in = scale_prompts((H, W), S, boxes=box)[1][None] if first == "box" else None
+    box_in = box[None] if first == "box" else None  # prompts in the image's pixels
     mask_in, ious = None, []
     for k in range(max_clicks):
         if k > 0 or first == "point":  # a box is the first interaction itself
             click, label = next_click(pred, target, ignore)
             points = torch.cat([points, click[:, None]], 1)
             labels = torch.cat([labels, label[:, None]], 1)
-        pts = scale_prompts((H, W), S, points=points)[0][None] if points.shape[1] else None
+        pts = points[None] if points.shape[1] else None
         # a single point is ambiguous: 3 masks, the one of highest predicted IoU (SAM's rule)
         multimask = k == 0 and first == "point"
-        out = model.decode(emb, pts, labels[None] if pts is not None else None, box_in,
-                           mask_in, multimask_output=multimask)
+        out = model.decode_image(emb, (H, W), pts, labels[None] if pts is not None else None,
+                                 box_in, mask_in, multimask_output=multimask)
         best = out["iou_scores"][0].argmax(-1)  # (P,): 0 for a single mask
-        low = out["mask_logits"][0].float()[torch.arange(P, device=dev), best]  # (P, 4h, 4w)
-        mask_in = low[None]  # fed back with the next click, as SamPredictor is used
-        pred = postprocess_masks(low, (H, W), S) > 0
+        rows = torch.arange(P, device=dev)
+        # the chosen low-res logits go back in with the next click, as SamPredictor is used
+        mask_in = out["mask_logits"][0].float()[rows, best][None]  # (1, P, 4h, 4w)
+        pred = out["logits"][0][rows, best] > 0  # (P, H, W)
         scored = pred if ignore is None else pred & ~ignore
         inter = (scored & target).flatten(1).sum(1).float()
         ious.append(inter / (scored | target).flatten(1).sum(1).float())
@@ -467,7 +467,7 @@ def evaluate_clicks(model: nn.Module, data, max_clicks: int = 10, first: str = "
     (``target["boxes"]``, x2 and y2 exclusive; computed from the mask when absent), kept in
     every later round. Each later click (``next_click`` of the current prediction) is added to
     the earlier prompts, the previous low-res logits go back in as ``mask_inputs``, and a single
-    mask is decoded. IoUs are at the image size (``postprocess_masks``, threshold 0), as
+    mask is decoded. IoUs are at the image size (:meth:`Sam.decode_image`, threshold 0), as
     :meth:`Sam.predict` gives. Pixels labelled ``ignore_index`` in a target's ``semantic`` map
     (Oxford-IIIT Pet's trimap border) count in no IoU and are never clicked.
 

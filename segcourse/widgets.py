@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ._checks import check_count
-from .models.sam import Sam, postprocess_masks, preprocess, scale_prompts
+from .models.sam import Sam, preprocess
 from .models.sam_training import mask_iou
 from .viz import (
     crf_figure,
@@ -166,8 +166,8 @@ class ClickSession:
     """One image's clicks and SAM's mask for them: the image is embedded once
     (:meth:`Sam.embed`), each click decodes all clicks so far with the previous low-res logits
     as the mask prompt -- multimask only for the first click, keeping the mask of highest
-    predicted IoU -- through the chain :meth:`Sam.predict` uses (``preprocess``,
-    ``scale_prompts``, ``decode``, ``postprocess_masks``). Put the model in ``eval()`` first.
+    predicted IoU -- through the chain :meth:`Sam.predict` uses (``preprocess``, ``embed``,
+    :meth:`Sam.decode_image`). Put the model in ``eval()`` first.
 
     Clicks ``(x, y)`` are pixel indices (column, row), as every SAM prompt in segcourse.
     """
@@ -221,17 +221,15 @@ class ClickSession:
                              f"(0 <= x < {W}, 0 <= y < {H})")
         self._points.append((x, y))
         self._labels.append(1 if positive else 0)
-        S = self.model.config.encoder.image_size
         points = torch.tensor(self._points, dtype=torch.float32, device=self._device)
-        points, _ = scale_prompts(self.size, S, points=points.view(1, 1, -1, 2))
         labels = torch.tensor(self._labels, device=self._device).view(1, 1, -1)
         previous = self._steps[-1]["logits"][None, None] if self._steps else None
         first = not self._steps  # one click is ambiguous: ask for 3 masks
-        out = self.model.decode(self.embedding, points.to(self._dtype), labels,
-                                mask_inputs=previous, multimask_output=first)
+        out = self.model.decode_image(self.embedding, self.size, points.view(1, 1, -1, 2),
+                                      labels, mask_inputs=previous, multimask_output=first)
         logits, iou = out["mask_logits"][0, 0], out["iou_scores"][0, 0]  # [M, 4h, 4w], [M]
         best = int(iou.argmax())
-        masks = postprocess_masks(logits, self.size, S) > 0  # [M, H, W]
+        masks = out["logits"][0, 0] > 0  # [M, H, W]
         self._steps.append({"logits": logits[best], "masks": masks, "iou_scores": iou,
                             "best": best})
         return self.result()

@@ -299,8 +299,9 @@ def test_ignored_pixels_count_in_no_iou_and_get_no_click(model, monkeypatch):
     target[0, :10, 5:15] = True
     fixed = torch.full((1, H, W), -1.0)
     fixed[0, :10, :10] = 1.0
-    monkeypatch.setattr(ev, "postprocess_masks",
-                        lambda low, size, S: fixed.expand(len(low), -1, -1))
+    import segcourse.models.sam as sam_module  # Sam.decode_image brings logits to the image
+    monkeypatch.setattr(sam_module, "postprocess_masks",
+                        lambda low, size, S: fixed.expand(*low.shape[:-2], -1, -1))
     semantic = torch.zeros(H, W, dtype=torch.long)
     semantic[:, :3] = 255
     item = (torch.rand(3, H, W), {"masks": target, "semantic": semantic})

@@ -169,6 +169,19 @@ class Sam(nn.Module):
         return self.decode(self.embed(images), points, point_labels, boxes, mask_inputs,
                            multimask_output)
 
+    def decode_image(self, embeddings, size, points=None, point_labels=None, boxes=None,
+                     mask_inputs=None, multimask_output: bool = True) -> dict[str, torch.Tensor]:
+        """:meth:`decode` for an image of ``size`` (H, W) embedded with :func:`preprocess`:
+        prompts in its pixels, checked inside it and scaled to the encoder input; adds
+        ``logits``, the low-res logits brought back to ``size`` (> 0 is the mask). The chain
+        behind :meth:`predict`, for callers that embed once and decode many times."""
+        S = self.config.encoder.image_size
+        # inside the original image (the encoder's check would let the padding through)
+        check_inside(points, point_labels, boxes, tuple(size))
+        points, boxes = scale_prompts(size, S, points, boxes)
+        out = self.decode(embeddings, points, point_labels, boxes, mask_inputs, multimask_output)
+        out["logits"] = postprocess_masks(out["mask_logits"], size, S)
+        return out
 
     @torch.no_grad()
     def predict(self, images, points=None, point_labels=None, boxes=None, mask_inputs=None,
@@ -176,15 +189,12 @@ class Sam(nn.Module):
         """Images ``[B, 3, H, W]`` in [0, 1] at any size, prompts in their pixels -> ``masks``
         (bool ``[B, P, M, H, W]``), ``mask_logits`` (low-res: one of them per prompt,
         ``[B, P, 4h, 4w]``, is the next click's ``mask_inputs``) and ``iou_scores``."""
-        S = self.config.encoder.image_size
         check_images(images, 3, name="images")
-        original = tuple(images.shape[-2:])
-        x = preprocess(images.to(self.mask_decoder.iou_token.weight.dtype), S)
-        # inside the original image (the encoder's check would let the padding through)
-        check_inside(points, point_labels, boxes, original)
-        points, boxes = scale_prompts(original, S, points, boxes)
-        out = self(x, points, point_labels, boxes, mask_inputs, multimask_output)
-        out["masks"] = postprocess_masks(out["mask_logits"], original, S) > 0
+        x = preprocess(images.to(self.mask_decoder.iou_token.weight.dtype),
+                       self.config.encoder.image_size)
+        out = self.decode_image(self.embed(x), tuple(images.shape[-2:]), points, point_labels,
+                                boxes, mask_inputs, multimask_output)
+        out["masks"] = out.pop("logits") > 0
         return out
 
 

@@ -14,7 +14,7 @@ compares with.
 1. the image embedding once (:meth:`Sam.embed`);
 2. ``points_per_side**2`` points at the grid's cell centres (:func:`build_point_grid`),
    decoded ``points_per_batch`` at a time with ``multimask_output`` -- three masks per point;
-   logits are brought to the original image size (:func:`~.sam.postprocess_masks`);
+   logits are brought to the original image size (:meth:`~.sam.Sam.decode_image`);
 3. keep masks with predicted IoU ``> pred_iou_thresh`` and :func:`stability_score` ``>=
    stability_score_thresh`` (the reference's strict and non-strict comparisons -- HF's
    ``filter_masks`` takes ``>`` for both; a threshold of 0 switches a filter off, as in both);
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from .._checks import check_count, check_number
 from ..ops import batched_nms, masks_to_boxes
-from .sam import Sam, postprocess_masks, preprocess, scale_prompts
+from .sam import Sam, preprocess
 
 __all__ = ["generate_masks", "stability_score", "build_point_grid", "mask_boxes",
            "connected_components", "remove_small_regions"]
@@ -188,11 +188,10 @@ def generate_masks(model: Sam, image: torch.Tensor, points_per_side: int = 16,
     for start in range(0, len(points), batch):
         xy = points[start:start + batch]  # [P, 2], original pixels
         P = len(xy)
-        scaled, _ = scale_prompts((H, W), S, points=xy.view(1, P, 1, 2))
-        out = model.decode(embedding, scaled.to(dtype),
-                           torch.ones(1, P, 1, dtype=torch.long, device=xy.device),
-                           multimask_output=True)
-        logits = postprocess_masks(out["mask_logits"][0], (H, W), S).flatten(0, 1)  # [3P, H, W]
+        out = model.decode_image(embedding, (H, W), xy.view(1, P, 1, 2),
+                                 torch.ones(1, P, 1, dtype=torch.long, device=xy.device),
+                                 multimask_output=True)
+        logits = out["logits"][0].flatten(0, 1)  # [3P, H, W]
         iou = out["iou_scores"][0].flatten()  # [3P]
         M = out["iou_scores"].shape[-1]
         point = xy.repeat_interleave(M, dim=0)  # the prompt of each mask

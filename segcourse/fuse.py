@@ -52,6 +52,10 @@ The original model is not modified: :func:`fold_batchnorm` works on a deep copy 
     >>> net = models.build("unet", num_classes=3)
     >>> fast, report = fuse.fold_batchnorm(net, torch.randn(1, 3, 64, 64), report=True)
     >>> print(report)                       # 18 of 18 BatchNorm layers folded ...
+
+:func:`for_inference` is the one call for serving: every exact rewrite the course has -- the
+BatchNorm folds, and SegFormer's decoder applied folded at each stage's own resolution
+(:class:`~segcourse.models.segformer.AllMLPDecoder`, ``fold``) -- on a copy, verified.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ from torch.overrides import TorchFunctionMode
 
 from .ops.misc import FrozenBatchNorm2d
 
-__all__ = ["FoldReport", "batchnorm_layers", "fold_conv_bn", "fold_batchnorm"]
+__all__ = ["FoldReport", "batchnorm_layers", "fold_conv_bn", "fold_batchnorm", "for_inference"]
 
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 BATCHNORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
@@ -376,3 +380,26 @@ def fold_batchnorm(model: nn.Module, example_input, *, rtol: float = 1e-5,
     names = batchnorm_layers(reference)  # the report in the model's order
     kept = {name: kept[name] for name in names if name in kept}
     return folded, FoldReport(pairs, kept, difference)
+
+
+def for_inference(model: nn.Module, example_input, *, rtol: float = 1e-5,
+                  forward: Callable | None = None, report: bool = False):
+    """A copy of ``model`` in eval mode with every exact inference-time rewrite applied: the
+    BatchNorm folds of :func:`fold_batchnorm`, then every decoder with a ``fold`` switch
+    (SegFormer's all-MLP decoder) switched on. Same function to float rounding -- checked
+    here on ``example_input`` to ``rtol`` of each output's scale (a ``RuntimeError`` if not),
+    fewer FLOPs. ``model`` is not modified. ``report=True`` returns ``(copy, FoldReport)``, the
+    report's ``max_difference`` then measured after all rewrites."""
+    folded, fold_report = fold_batchnorm(model, example_input, rtol=rtol, forward=forward,
+                                         report=True)
+    switches = [m for m in folded.modules() if isinstance(getattr(m, "fold", None), bool)]
+    if switches:
+        for module in switches:
+            module.fold = True
+        expected = _call(copy.deepcopy(model).eval(), example_input, forward)
+        difference = _max_difference(expected, _call(folded, example_input, forward))
+        if difference > rtol:
+            raise RuntimeError(f"the folded decoder changed the output by {difference:.1e} "
+                               f"(relative), more than rtol={rtol:g}")
+        fold_report.max_difference = max(fold_report.max_difference, difference)
+    return (folded, fold_report) if report else folded

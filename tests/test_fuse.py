@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from segcourse import models
+from segcourse import fuse, models
 from segcourse.fuse import FoldReport, batchnorm_layers, fold_batchnorm, fold_conv_bn
 from segcourse.models.mask_rcnn import mask_rcnn
 from segcourse.ops.misc import FrozenBatchNorm2d
@@ -297,3 +297,36 @@ def test_folded_model_exports_to_onnx(tmp_path):
                             torch.randn(1, 3, 64, 64))
     export_onnx(folded, tmp_path / "unet.onnx", torch.randn(1, 3, 64, 64))
     assert check_onnx(folded, tmp_path / "unet.onnx", torch.randn(2, 3, 97, 131)) < 1e-4
+
+
+# --- for_inference: every exact rewrite in one call ---------------------------------------------
+
+def test_for_inference_folds_segformer_decoder_and_batchnorm():
+    from segcourse.profiling import gflops
+    torch.manual_seed(0)
+    net = models.build("segformer", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 96)
+    fast, report = fuse.for_inference(net, x, report=True)
+    assert fast.decoder.fold and not net.decoder.fold          # the original is untouched
+    assert not fuse.batchnorm_layers(fast) and report.total == 1  # the decoder's one BN
+    with torch.no_grad():
+        expected, got = net(x), fast(x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert report.max_difference <= 1e-5
+    # the fold removes FLOPs: the fuse no longer runs at 1/4 resolution on 4 x 256 channels
+    assert gflops(fast, (64, 96)) < 0.8 * gflops(net, (64, 96))
+
+
+def test_for_inference_on_a_cnn_is_fold_batchnorm():
+    torch.manual_seed(0)
+    net = models.build("unet", num_classes=3).eval()
+    x = torch.randn(1, 3, 48, 40)
+    fast = fuse.for_inference(net, x)
+    assert not fuse.batchnorm_layers(fast) and fuse.batchnorm_layers(net)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), net(x), atol=1e-5)
+
+
+def test_for_inference_rejects_bad_model():
+    with pytest.raises(ValueError, match="model must be an nn.Module"):
+        fuse.for_inference("unet", torch.randn(1, 3, 32, 32))

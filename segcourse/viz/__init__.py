@@ -15,6 +15,8 @@
 - ``queries``          matching, per-layer query maps, what queries learn (chapter 10)
 - ``prompts``          clicks and boxes, ambiguous clicks, mIoU per click, segment everything
   (chapter 11)
+- ``deploy``           latency per runtime, accuracy vs speed, FLOPs folded away, serving SAM
+  (chapter 12)
 """
 
 from .attention import plot_attention_cost, plot_token_maps
@@ -23,6 +25,13 @@ from .comparison import (
     plot_compute_split,
     plot_iou_per_class,
     show_model_predictions,
+)
+from .deploy import (
+    pareto_front,
+    plot_accuracy_speed,
+    plot_click_latency,
+    plot_fold,
+    plot_latency,
 )
 from .detection import (
     counting_figure,
@@ -80,4 +89,5 @@ __all__ = [
     "three_tasks_figure",
     "draw_prompts", "prompt_figure", "multimask_figure", "plot_click_curves",
     "click_sequence_figure", "amg_figure",
+    "plot_latency", "pareto_front", "plot_accuracy_speed", "plot_fold", "plot_click_latency",
 ]

@@ -8,9 +8,9 @@ order in which they first appear (across ``rows`` / ``points``), so the latency 
 accuracy-speed figures agree when they are given the runtimes in the same order.
 
 Speed-ups are written as ``reference ms / ms`` ("1.6x": 1.6 times faster than the reference
-runtime, by default the first one), the convention of the ONNX Runtime and PyTorch performance
-guides. The Pareto front is for "lower latency and higher mIoU are better": a point is on it
-when no other point is at least as fast and at least as accurate, and strictly better in one.
+runtime, by default the first one; below 1 means slower). The Pareto front is for "lower
+latency and higher mIoU are better": a point is on it when no other point is at least as fast
+and at least as accurate, and strictly better in one.
 """
 
 from __future__ import annotations

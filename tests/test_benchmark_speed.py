@@ -1,7 +1,10 @@
-"""benchmarks/speed.py: the exact rewrites it times compute the same function (script imported)."""
+"""benchmarks/speed.py: the rewrites it times compute the same function (script imported)."""
 
 import importlib.util
 from pathlib import Path
+
+import pytest
+import torch
 
 spec = importlib.util.spec_from_file_location(
     "bench_speed", Path(__file__).parents[1] / "benchmarks" / "speed.py")
@@ -10,11 +13,43 @@ spec.loader.exec_module(bench)
 
 
 def test_speed_table_for_two_models(capsys):
-    rows = bench.main(["--models", "unet", "segformer", "--size", "64", "--repeats", "1",
-                       "--matmul", "256"])
+    result = bench.main(["--models", "unet", "segformer", "--size", "64", "--repeats", "1",
+                         "--matmul", "256", "--skip", "compile", "reference"])
+    rows = result["rows"]
     assert [r["model"] for r in rows] == ["unet", "segformer"]
+    assert set(result["gemm"]) == {"torch.matmul", "1x1 conv (oneDNN)"}
     for r in rows:
-        assert r["max_diff"] < 1e-4 and r["gflops"] > 0 and r["eager_ms"] > 0
-        assert r["best"] in ("fold", "fold + channels_last")
+        assert r["fp32_diff"] < 1e-4 and r["gflops"] > 0 and r["eager_ms"] > 0
+        assert r["exact"] in ("fold", "fold + channels_last")
+        assert r["best_ms"] == r["exact_ms"] and "compile_ms" not in r
+        # bf16 keeps ~8 bits of mantissa: a difference that is there, and small
+        assert 1e-4 < r["bf16_diff"] < 0.1 and 0 <= r["bf16_changed"] < 0.2
     out = capsys.readouterr().out
-    assert out.startswith("fp32 matmul 256^3:") and "of peak" in out
+    assert out.startswith("fp32 GEMM 256^3: torch.matmul") and "of peak" in out
+
+
+def test_gemm_references_count_the_same_product():
+    # the 1x1 convolution is the same n x n x n product as the matmul: check the arithmetic
+    n = 64
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    conv = torch.nn.functional.conv2d(a.t().reshape(1, n, 1, n), b.t().reshape(n, n, 1, 1))
+    assert torch.allclose(conv.reshape(n, n).t(), a @ b, atol=1e-4)
+    rates = bench.gemm_references(n, repeats=1)
+    assert all(v > 0 for v in rates.values())
+
+
+def test_reference_row_segformer_matches_hf():
+    pytest.importorskip("transformers")
+    rows = bench.against_references(["segformer"], size=64, repeats=1)
+    (row,) = rows
+    assert row["library"] == "HF transformers"
+    assert max(row["diffs"].values()) < 1e-4       # logits equal to HF's after the converter
+    assert set(row["ms"]) == {"reference", "eager", "exact"}
+
+
+def test_reference_row_deeplabv3_matches_torchvision():
+    # runs where torchvision is on the path (see benchmarks/references.py); skipped otherwise
+    if bench.REFERENCES["deeplabv3"][1].__globals__["import_torchvision"]() is None:
+        pytest.skip("torchvision is not installed")
+    (row,) = bench.against_references(["deeplabv3"], size=64, repeats=1)
+    assert row["library"] == "torchvision" and max(row["diffs"].values()) < 1e-5

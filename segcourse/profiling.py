@@ -26,13 +26,15 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import models
+from ._checks import check_count
 from .data import InstanceTargets
 from .evaluate import evaluate_panoptic
 from .train import evaluate, fit, seed_everything
 
 __all__ = ["CPU_BUDGET", "count_parameters", "count_flops", "gflops", "gflops_by_module",
-           "median_seconds", "cpu_latency", "profile", "compare_models", "format_table",
-           "answer_latency", "panoptic_profile", "format_panoptic_table", "prompt_cost"]
+           "median_ms", "median_seconds", "cpu_latency", "profile", "compare_models",
+           "format_table", "answer_latency", "panoptic_profile", "format_panoptic_table",
+           "prompt_cost"]
 
 # The shared budget of chapter 9 on a 2-core CPU (about a minute for all nine models): few
 # images but many small steps, which teaches a model more per second than a few large batches.
@@ -134,6 +136,25 @@ def gflops_by_module(model: nn.Module, size: tuple[int, int] = (256, 256),
     if own > 0:
         parts["(own)"] = own
     return {name: flops / 1e9 for name, flops in parts.items()}
+
+
+def median_ms(fn, *inputs, repeats: int = 7, warmup: int = 1) -> float:
+    """Median wall time in milliseconds of ``fn(*inputs)`` after ``warmup`` calls, under
+    ``torch.inference_mode`` -- for any callable: a model, a compiled model, an onnxruntime
+    session's ``run``. Warm-up pays one-off costs (allocations, kernel choice, compilation)."""
+    if not callable(fn):
+        raise ValueError(f"fn must be callable, got {type(fn).__name__}")
+    repeats = check_count(repeats, "repeats")
+    warmup = check_count(warmup, "warmup", minimum=0)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(*inputs)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(*inputs)
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 @torch.no_grad()

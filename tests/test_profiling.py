@@ -221,3 +221,22 @@ def test_panoptic_table_by_hand():
         "       params GFLOPs CPU ms  mIoU  AP50    PQ  PQth  PQst",
         " a      1,234   0.50    2.2     - 0.500 0.250 0.125 1.000",
         "bb          5   1.00   10.0 0.750 1.000 1.000 1.000 1.000"]
+
+
+def test_median_ms_is_the_median_of_timed_calls(monkeypatch):
+    from segcourse import profiling
+    clock = iter([0.0, 0.010, 1.0, 1.030, 2.0, 2.020])  # three calls: 10, 30, 20 ms
+    monkeypatch.setattr(profiling.time, "perf_counter", lambda: next(clock))
+    calls = []
+    ms = profiling.median_ms(lambda a, b: calls.append((a, b)), 1, 2, repeats=3, warmup=2)
+    assert abs(ms - 20.0) < 1e-9 and calls == [(1, 2)] * 5   # 2 warm-up + 3 timed
+
+
+def test_median_ms_rejects_bad_arguments():
+    import pytest
+
+    from segcourse import profiling
+    with pytest.raises(ValueError, match="fn must be callable"):
+        profiling.median_ms(3)
+    with pytest.raises(ValueError, match="repeats"):
+        profiling.median_ms(print, repeats=0)

@@ -65,8 +65,8 @@ import torch.nn as nn
 
 from ._checks import check_count, check_number
 
-__all__ = ["export_onnx", "check_onnx", "run_onnx", "export_sam", "SamEncoderGraph",
-           "SamDecoderGraph"]
+__all__ = ["export_onnx", "check_onnx", "run_onnx", "inference_session", "export_sam",
+           "SamEncoderGraph", "SamDecoderGraph"]
 
 DEFAULT_OPSET = 18  # >= 17 for LayerNormalization; 18 for Resize's antialias (EoMT)
 
@@ -301,6 +301,13 @@ def _session(path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # as many threads as PyTorch's
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def inference_session(path):
+    """An onnxruntime CPU ``InferenceSession`` for the graph at ``path``, with as many threads
+    as PyTorch uses (so a latency comparison runs both on the same cores). Run it with
+    ``session.run(None, {"images": array})``: NumPy in, a list of NumPy arrays out."""
+    return _session(path)
 
 
 def run_onnx(path, inputs) -> dict:

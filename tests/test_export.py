@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+import torch.nn as nn
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -117,3 +118,16 @@ def test_bad_inputs(folder):
         export.check_onnx(model, path, x, atol=-1)
     with pytest.raises(ValueError, match="takes 1 input"):
         export.run_onnx(path, (x, x))
+
+
+def test_inference_session_runs_numpy_without_torch(folder):
+    import numpy as np
+    net = nn.Conv2d(3, 2, 1, bias=False).eval()
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 0.5]]).view(2, 3, 1, 1))
+    path = export.export_onnx(net, folder / "conv.onnx", torch.rand(1, 3, 32, 32))
+    session = export.inference_session(path)
+    x = np.ones((2, 3, 5, 7), dtype=np.float32)
+    (y,) = session.run(None, {"images": x})
+    assert y.shape == (2, 2, 5, 7)
+    assert np.allclose(y[:, 0], 6.0) and np.allclose(y[:, 1], -0.5)  # 1+2+3, -1+0.5

@@ -196,7 +196,10 @@ def _choice(value, name: str, allowed: tuple) -> str:
 
 
 def _graph_input(onnx, path: Path):
-    graph = onnx.load(str(path), load_external_data=False).graph
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as e:  # protobuf's DecodeError, among others: not an ONNX file
+        raise ValueError(f"float_path {str(path)!r} is not an ONNX graph ({e})") from None
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -225,11 +228,25 @@ def _preprocess(q, source: Path, target: Path) -> None:
     inference instead, which leaves such sizes unnamed -- the quantiser needs types, not
     sizes."""
     try:
-        q.quant_pre_process(str(source), str(target))
+        # where it gives up, the symbolic inference saves its partial graph to the working
+        # directory (sym_shape_infer_temp.onnx and a .data file): work in target's folder
+        with _working_directory(target.parent):
+            q.quant_pre_process(str(source), str(target))
     except Exception as e:  # onnxruntime raises a bare Exception here
         if "symbolic shape inference" not in str(e):
             raise
         q.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+
+
+@contextlib.contextmanager
+def _working_directory(folder: Path):
+    """``os.chdir(folder)`` inside the block (``contextlib.chdir`` needs Python 3.11)."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def quantize_onnx(float_path, int8_path, calibration_images, *, per_channel: bool = True,
@@ -256,11 +273,12 @@ def quantize_onnx(float_path, int8_path, calibration_images, *, per_channel: boo
     onnx = _require("onnx")
     _require("onnxruntime")
     from onnxruntime import quantization as q
-    float_path = _check_path(float_path, "float_path")
+    # absolute paths: the preprocessing step changes the working directory for a while
+    float_path = _check_path(float_path, "float_path").resolve()
     if not float_path.is_file():
         raise ValueError(f"float_path {str(float_path)!r} does not exist: export the model first")
-    int8_path = _check_path(int8_path, "int8_path")
-    if int8_path.resolve() == float_path.resolve():
+    int8_path = _check_path(int8_path, "int8_path").resolve()
+    if int8_path == float_path:
         raise ValueError("int8_path must differ from float_path: the float graph is the input")
     method = _choice(method, "method", METHODS)
     quant_format = _choice(quant_format, "quant_format", FORMATS)
@@ -271,10 +289,7 @@ def quantize_onnx(float_path, int8_path, calibration_images, *, per_channel: boo
         raise ValueError(f"op_types_to_exclude must be a sequence of op type names, got the "
                          f"string {op_types_to_exclude!r}: pass ({op_types_to_exclude!r},)")
     op_types_to_exclude = set(op_types_to_exclude)
-    try:
-        input_name, channels = _graph_input(onnx, float_path)
-    except onnx.onnx_cpp2py_export.checker.ValidationError as e:  # pragma: no cover
-        raise ValueError(f"float_path {str(float_path)!r} is not an ONNX graph: {e}") from None
+    input_name, channels = _graph_input(onnx, float_path)
     batches = _image_batches(calibration_images, batch_size)
     if channels is not None and any(b.shape[1] != channels for b in batches):
         bad = next(b.shape for b in batches if b.shape[1] != channels)

@@ -113,7 +113,7 @@ from torch.utils.data import Dataset
 
 from ._checks import check_count, check_images
 from .evaluate import _default_loss, make_loader
-from .export import _check_path, _require, _run, _session
+from .export import _check_path, _require, inference_session
 from .metrics import SegmentationMetric
 
 __all__ = ["quantize_onnx", "onnx_predict", "evaluate_onnx", "op_counts", "file_mb", "METHODS"]
@@ -330,9 +330,14 @@ def onnx_predict(path, images: torch.Tensor, batch_size: int = 32) -> torch.Tens
     check_images(images, name="images")
     if images.shape[0] == 0:
         raise ValueError(f"images is empty: shape {tuple(images.shape)}, expected N >= 1 images")
-    session = _session(path)  # one session for all batches (run_onnx builds one per call)
-    return torch.cat([torch.from_numpy(next(iter(_run(session, x.float()).values()))).argmax(1)
-                      for x in images.split(batch_size)])
+    session = inference_session(path)  # one session for all batches (run_onnx: one per call)
+    return torch.cat([_logits(session, x).argmax(1) for x in images.split(batch_size)])
+
+
+def _logits(session, images: torch.Tensor) -> torch.Tensor:
+    """The graph's first output (the logits) on ``images``, as a tensor."""
+    feed = {session.get_inputs()[0].name: images.detach().cpu().float().numpy()}
+    return torch.from_numpy(session.run(None, feed)[0])
 
 
 def evaluate_onnx(path, data, num_classes: int | None = None, *, batch_size: int = 32,
@@ -345,11 +350,11 @@ def evaluate_onnx(path, data, num_classes: int | None = None, *, batch_size: int
     if num_classes is not None:
         check_count(num_classes, "num_classes")
     check_count(batch_size, "batch_size")
-    session = _session(path)
+    session = inference_session(path)
     metric, total_loss, count = None, 0.0, 0
     for images, target in make_loader(data, batch_size, shuffle=False):
         check_images(images, name="data: images")
-        logits = torch.from_numpy(next(iter(_run(session, images.float()).values())))
+        logits = _logits(session, images)
         if metric is None:
             metric = SegmentationMetric(num_classes or logits.shape[1], ignore_index)
         metric.update(logits.argmax(1), target)

@@ -279,3 +279,14 @@ def test_click_latency_many_clicks_keeps_few_ticks():
 def test_bad_inputs_name_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_accuracy_speed_axis_spans_at_least_min_span():
+    points = [{"model": "m", "runtime": "eager", "ms": 10.0, "miou": 0.8068},
+              {"model": "m", "runtime": "int8", "ms": 5.0, "miou": 0.8066}]
+    fig = plot_accuracy_speed(points, min_span=0.05)
+    low, high = fig.axes[0].get_ylim()
+    assert abs((high - low) - 0.05) < 1e-9 and low < 0.8066 < 0.8068 < high
+    plt.close(fig)
+    with pytest.raises(ValueError, match="min_span"):
+        plot_accuracy_speed(points, min_span=-1)

@@ -124,8 +124,8 @@ def plot_latency(rows, *, title=None, reference=None, log=None):
     # room on the right for the text
     ax.set_xlim(min(every) / 2 if use_log else 0, high * (4 if use_log else 1.3))
     ax.set_xlabel(f"ms per image (speed-up vs {reference})")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False,
-              ncol=min(3, len(runtimes)))             # below the axes: never over a bar
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5),
+              frameon=False)                          # beside the axes: never over a bar
     ax.grid(axis="x", alpha=0.3)
     if title is not None:
         ax.set_title(title)
@@ -162,15 +162,19 @@ def pareto_front(points) -> list[dict]:
     return sorted(front, key=lambda p: (p["ms"], -p["miou"]))
 
 
-def plot_accuracy_speed(points, *, xlabel="ms per image", ylabel="mIoU", log=None):
+def plot_accuracy_speed(points, *, xlabel="ms per image", ylabel="mIoU", log=None,
+                        min_span=0.05):
     """mIoU against latency, one dot per (model, runtime), coloured by runtime.
 
     ``points`` is a list of dicts ``{"model", "runtime", "ms", "miou"}``. A model's first point
     is its starting point (e.g. eager float32): it carries the model's name, and an arrow runs
     from it to each of the model's other points (compiled, ONNX Runtime, int8...). The Pareto
     front (:func:`pareto_front`) is drawn as a grey staircase -- the best mIoU reachable within
-    a latency -- with its points ringed. ``log`` as in :func:`plot_latency`.
+    a latency -- with its points ringed. ``log`` as in :func:`plot_latency`. The mIoU axis
+    spans at least ``min_span``, so that differences in the fourth decimal (an exact rewrite,
+    int8 on an easy task) look as small as they are.
     """
+    min_span = check_number(min_span, "min_span", low=0)
     points = _points(points, ("model", "runtime", "ms", "miou"))
     if not points:
         raise ValueError("points must hold at least one point {model, runtime, ms, miou}")
@@ -199,6 +203,10 @@ def plot_accuracy_speed(points, *, xlabel="ms per image", ylabel="mIoU", log=Non
     ax.scatter([p["ms"] for p in front], [p["miou"] for p in front], s=150, zorder=2,
                facecolors="none", edgecolors=FRONT, linewidths=1)
     ax.margins(x=0.15, y=0.1)
+    low, high = ax.get_ylim()
+    if high - low < min_span:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - min_span / 2, middle + min_span / 2)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -301,7 +301,9 @@ def quantize_onnx(float_path, int8_path, calibration_images, *, per_channel: boo
         source = float_path
         if preprocess:
             source = Path(tmp) / "preprocessed.onnx"
-            _preprocess(q, float_path, source)
+            # the symbolic shape inference prints what it cannot prove about sizes
+            with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+                _preprocess(q, float_path, source)
         model = onnx.load(str(source))
         ops = {n.op_type for n in model.graph.node}
         # onnxruntime's default set is every op it knows how to quantise; we remove the

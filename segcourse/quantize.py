@@ -1,5 +1,11 @@
 """int8 post-training static quantisation of an exported segmentation graph (onnxruntime).
 
+    >>> from segcourse import export, quantize                       # doctest: +SKIP
+    >>> export.export_onnx(net, "unet.onnx", torch.randn(1, 3, 64, 64))
+    >>> quantize.quantize_onnx("unet.onnx", "unet_int8.onnx", ShapesDataset(64, seed=0))
+    >>> quantize.evaluate_onnx("unet_int8.onnx", ShapesDataset(256, seed=1))["miou"]
+    >>> quantize.op_counts("unet_int8.onnx", optimized=True)["QLinearConv"]     # 19
+
 A float32 model stores every weight and every activation in 32 bits. *Quantisation* stores them
 as 8-bit integers ``q`` and reads each one back as a real number through an affine map
 
@@ -263,8 +269,8 @@ def quantize_onnx(float_path, int8_path, calibration_images, *, per_channel: boo
             or an iterable -- a ShapesDataset, a DataLoader, a list -- of images ``[C, H, W]``,
             batches ``[B, C, H, W]`` or ``(image, mask)`` tuples of those.
         per_channel: one weight scale per output channel (else one per tensor).
-        method: how activation ranges come from calibration: ``"minmax"``, ``"percentile"``
-            (99.999th of ``|r|``) or ``"entropy"`` (least KL divergence).
+        method: how activation ranges come from calibration: ``"minmax"`` or ``"percentile"``
+            (the 0.0005 % most extreme values at each end clipped).
         quant_format: ``"qdq"`` (Q/DQ pairs around float ops) or ``"qoperator"`` (integer ops).
         activation_type, weight_type: ``"uint8"`` or ``"int8"``.
         op_types_to_exclude: op types to leave in float (e.g. ``("Resize",)``).

@@ -54,6 +54,16 @@ def test_float_graph_scores_pytorchs_miou(trained):
     assert (onnx_predict(float_path, images, batch_size=3) == labels).float().mean() > 0.999
 
 
+def test_ignored_pixels_are_left_out_as_evaluate_does(trained):
+    model, float_path, _, _ = trained
+    val = ShapesDataset(16, size=SIZE, seed=3, void_border=1)  # 255 around every shape
+    assert (val.tensors()[1] == 255).any()
+    expected = evaluate(model, val, batch_size=5)
+    got = evaluate_onnx(float_path, val, batch_size=5)
+    assert torch.equal(got["confusion_matrix"], expected["confusion_matrix"])
+    assert abs(got["miou"] - expected["miou"]) < 1e-6
+
+
 def test_int8_miou_within_the_bound(trained):
     _, float_path, int8_path, val = trained
     float_miou = evaluate_onnx(float_path, val)["miou"]
@@ -141,6 +151,24 @@ def test_one_by_one_conv_matches_hand_quantisation(tmp_path):
     float_out = conv_np(x, weight, bias)
     bound = y_scale / 2 + np.abs(weight).sum(1).max() * x_scale / 2 + w_scale.max() / 2 * 2
     assert np.abs(got - float_out).max() <= bound
+
+
+def test_calibration_data_forms_give_the_same_scales(small_graph):
+    """A tensor, a list of batches, a Dataset of (image, mask) and a DataLoader of the same
+    images calibrate to the same ranges (MinMax over all of them)."""
+    path, folder = small_graph
+    data = ShapesDataset(6, size=16, seed=4)
+    images = data.tensors()[0]
+    forms = {"tensor": images, "batches": [images[:4], images[4:]], "dataset": data,
+             "loader": torch.utils.data.DataLoader(data, batch_size=5)}
+    scales = {name: _quantize_params(quantize_onnx(path, folder / f"{name}.onnx", form))
+              for name, form in forms.items()}
+    for name in forms:
+        for tensor, params in scales["tensor"].items():
+            assert scales[name][tensor] == pytest.approx(params, rel=1e-6), (name, tensor)
+    # and the comparison can tell: one image alone gives another output range
+    one = _quantize_params(quantize_onnx(path, folder / "one.onnx", images[:1]))
+    assert one["logits_QuantizeLinear_Input"] != scales["tensor"]["logits_QuantizeLinear_Input"]
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,15 @@ requantisation multiplier -- and is the whitepaper's recommendation.
 
 **Static: calibration.** Weights are known; activations are not. *Dynamic* quantisation
 measures each activation's range at run time, per input; *static* quantisation fixes the ranges
-once, from a *calibration set* of representative inputs: onnxruntime adds every intermediate
-tensor to the graph's outputs, runs the calibration images, and records per tensor either its
-min and max (``method="minmax"``), or a histogram from which it picks a range that clips the
-rare extreme values (``"percentile"``: the 0.0005 % of values at each end, 99.999 % kept). So
-calibration images should look like the deployment data: here, shapes images from the training
-split. Outside the calibrated range values clip, so a calibration set of dark images makes
-bright ones saturate.
+once, from a *calibration set* of representative inputs. onnxruntime adds each tensor to be
+quantised to the graph's outputs (for MinMax through ``ReduceMin`` / ``ReduceMax`` nodes: two
+numbers per tensor and batch), runs the calibration images, and records per tensor its min and
+max (``method="minmax"``) or a histogram from which it picks a range that clips the rare
+extreme values (``"percentile"``: 0.0005 % of the values at each end; it holds every
+intermediate tensor of every batch in memory first, so calibrate at a small size). Values
+outside the calibrated range clip, so calibration images should look like the deployment data
+-- here, shapes images from the training split; dark images only would make bright ones
+saturate.
 
 **QDQ vs QOperator.** onnxruntime writes the result in one of two formats. QOperator replaces
 each op by its integer twin (``Conv`` -> ``QLinearConv``). QDQ (the default, and ours) keeps
@@ -95,7 +97,7 @@ range is the full one, and it returned MinMax's scales exactly (checked); ``quan
 has no option to change that.
 
 What onnxruntime ran (``op_counts(path, optimized=True)``): U-Net's 19 convolutions became
-``QLinearConv``, its skip ``Concat`` s ``QLinearConcat``; its 4 ``ConvTranspose`` have no
+``QLinearConv``, its skip concatenations ``QLinearConcat``; its 4 ``ConvTranspose`` have no
 integer kernel and run in float between a DQ and a Q. SegFormer's ``MatMul``, ``Add``,
 ``Mul``, ``Softmax`` and convolutions ran as ``QLinear*`` ops; ``LayerNormalization``, GELU's
 ``Erf`` and the attention's ``Sqrt`` / ``Div`` ran in float, each between a DQ and a Q -- and
@@ -295,6 +297,9 @@ def quantize_onnx(float_path, int8_path, calibration_images, *, per_channel: boo
         raise ValueError(f"op_types_to_exclude must be a sequence of op type names, got the "
                          f"string {op_types_to_exclude!r}: pass ({op_types_to_exclude!r},)")
     op_types_to_exclude = set(op_types_to_exclude)
+    if not all(isinstance(op, str) for op in op_types_to_exclude):
+        raise ValueError(f"op_types_to_exclude must hold op type names (str), got "
+                         f"{sorted(map(repr, op_types_to_exclude))}")
     input_name, channels = _graph_input(onnx, float_path)
     batches = _image_batches(calibration_images, batch_size)
     if channels is not None and any(b.shape[1] != channels for b in batches):

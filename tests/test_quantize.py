@@ -188,6 +188,7 @@ def small_graph(tmp_path_factory):
     (dict(quant_format="int4"), "quant_format"),
     (dict(activation_type="float16"), "activation_type"),
     (dict(op_types_to_exclude="Conv"), "op_types_to_exclude"),
+    (dict(op_types_to_exclude=[nn.Conv2d]), "op_types_to_exclude must hold op type names"),
     (dict(batch_size=0), "batch_size"),
 ])
 def test_bad_arguments_name_themselves(small_graph, kwargs, match):

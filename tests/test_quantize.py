@@ -88,6 +88,7 @@ def test_int8_graph_runs_at_another_size(trained):
     assert logits.shape == (2, 5, 97, 131) and np.isfinite(logits).all()
     same = onnx_predict(int8_path, images) == onnx_predict(float_path, images)
     assert same.float().mean() > 0.9
+    assert onnx_predict(int8_path, images[:1], batch_size=1).shape == (1, 97, 131)
 
 
 def _quantize_params(path) -> dict:

@@ -9,12 +9,14 @@ One run prints:
 
 1. **The fp32 GEMM reference**: the median rate of a square ``--matmul``-sized product run two
    ways, ``torch.matmul`` (MKL) and the same product as a 1 x 1 convolution in channels_last
-   memory (oneDNN) -- same FLOPs, no other work. The faster is the machine's measured fp32
-   matmul throughput, the denominator of "of peak". Both are printed because they differ: on
-   the course's 2-core AMD EPYC (Zen 5, AVX-512 with full-width FMA units) MKL's ``sgemm`` runs at
-   about half the rate of oneDNN's (225 vs ~490 GFLOP/s; MKL picks its wide kernels by CPU
-   vendor), and the CNNs' convolutions, which run on oneDNN, seemed to beat "the matmul" by up to
-   2.2x when MKL was the reference. Against the oneDNN GEMM they do not.
+   memory (oneDNN; the best of three shapes with the same FLOPs) -- no other work. The faster is
+   the machine's measured fp32 matmul throughput, the denominator of "of peak". Both are
+   printed because they differ: on the course's 2-core AMD EPYC (Zen 5, AVX-512 with full-width
+   FMA units) MKL's ``sgemm`` runs at less than half the rate of oneDNN's (218 vs ~510 GFLOP/s;
+   MKL picks its wide kernels by CPU vendor), and the CNNs' convolutions, which run on oneDNN,
+   seemed to beat "the matmul" by up to 2.2x when MKL was the reference. oneDNN's 3 x 3
+   convolutions run at its GEMM's rate (497-516 GFLOP/s for 64-256 channels, direct algorithm:
+   no fewer-multiplication trick), so against the oneDNN GEMM nothing is above 100 %.
 2. **Per model**: GFLOPs of one forward pass (``segcourse.profiling.gflops``: nominal, the
    published computation counted as direct convolutions and products), then median latencies:
    eager; ``exact`` = :func:`segcourse.fuse.for_inference` (BatchNorm folded into the convs,
@@ -71,15 +73,21 @@ def median_ms(fn, x: torch.Tensor, repeats: int) -> float:
 
 
 def gemm_references(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """fp32 GFLOP/s of an ``n x n`` by ``n x n`` product (2 n^3 FLOPs): by ``torch.matmul`` and
-    as a 1 x 1 convolution over ``n`` pixels with ``n`` input and ``n`` output channels."""
+    """fp32 GFLOP/s of ``torch.matmul`` of two ``n x n`` matrices (2 n^3 FLOPs), and the best
+    of three 1 x 1 convolutions in channels_last -- oneDNN's GEMM -- with ``c = n, n/2, n/4``
+    input and output channels over ``n^2 / c`` pixels (2 c n^2 FLOPs: the same ``n x n`` input
+    tensor each time; the shape matters to a GEMM kernel, the widest is not its fastest)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    pixels = torch.randn(1, n, 1, n).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
-    flop = 2 * n ** 3 / 1e9
-    return {"torch.matmul": flop / (median_ms(lambda x: x @ b, a, repeats) / 1e3),
-            "1x1 conv (oneDNN)": flop / (median_ms(lambda x: F.conv2d(x, weight), pixels,
-                                                   repeats) / 1e3)}
+    conv = 0.0
+    for c in (n, n // 2, n // 4):
+        pixels = n * n // c
+        width = 64 if pixels % 64 == 0 else pixels
+        x = torch.randn(1, c, pixels // width, width).contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(c, c, 1, 1).contiguous(memory_format=torch.channels_last)
+        ms = median_ms(lambda v, w=weight: F.conv2d(v, w), x, repeats)
+        conv = max(conv, 2 * c * n * n / 1e9 / (ms / 1e3))
+    return {"torch.matmul": 2 * n ** 3 / 1e9 / (median_ms(lambda x: x @ b, a, repeats) / 1e3),
+            "1x1 conv (oneDNN)": conv}
 
 
 def _outputs(out):

@@ -316,7 +316,9 @@ class AllMLPDecoder(nn.Module):
     folding the weights 0.07, the classifier 1.26 either way.
 
     ``fold`` is off by default so that FLOP counts of the architecture (chapter 9) describe the
-    published computation; switch it on for inference: ``model.decoder.fold = True``.
+    published computation; switch it on for inference: ``model.decoder.fold = True``, or
+    ``segcourse.fuse.for_inference(model, example)``, which also folds the BatchNorm layers and
+    checks the result (chapter 12 derives the algebra by hand).
     """
 
     def __init__(self, in_channels: tuple[int, ...], width: int, num_classes: int,

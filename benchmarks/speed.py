@@ -22,7 +22,7 @@ One run prints:
    eager; ``exact`` = :func:`segcourse.fuse.for_inference` (BatchNorm folded into the convs,
    SegFormer's decoder folded), with or without ``channels_last``, whichever is faster;
    ``compile`` = ``torch.compile`` (inductor) of that exact model, after a warm-up that pays
-   the compilation (its seconds are printed); ``bf16`` = the exact model under
+   the compilation (its seconds are the "compile s" column); ``bf16`` = the exact model under
    ``torch.autocast("cpu", torch.bfloat16)``. "best" is the faster fp32 one (exact or
    compile), "of peak" its achieved nominal GFLOP/s over the GEMM reference, "fp32 diff" the
    largest difference of the fp32 rewrites' outputs from eager relative to the output's scale;
@@ -158,16 +158,17 @@ def _ms(value) -> str:
 def format_rows(rows: list[dict], peak: float) -> str:
     header = (f"{'model':<15} {'GFLOPs':>7} {'eager':>8} {'exact':>8} {'compile':>8} "
               f"{'bf16':>8} {'speed-up':>8} {'of peak':>7} {'fp32 diff':>9} "
-              f"{'bf16 diff':>9} {'argmax':>6}  exact")
+              f"{'bf16 diff':>9} {'argmax':>6} {'compile s':>9}  exact")
     lines = [header, "-" * len(header)]
     for r in rows:
         achieved = r["gflops"] / (r["best_ms"] / 1e3)
         bf16 = (f"{r['bf16_diff']:>9.1e} {r['bf16_changed']:>6.1%}" if "bf16_diff" in r
                 else f"{'-':>9} {'-':>6}")
+        compile_s = f"{r['compile_s']:>9.1f}" if "compile_s" in r else f"{'-':>9}"
         lines.append(f"{r['model']:<15} {r['gflops']:>7.2f} {_ms(r['eager_ms'])} "
                      f"{_ms(r['exact_ms'])} {_ms(r.get('compile_ms'))} {_ms(r.get('bf16_ms'))} "
                      f"{r['eager_ms'] / r['best_ms']:>7.2f}x {achieved / peak:>7.0%} "
-                     f"{r['fp32_diff']:>9.1e} {bf16}  {r['exact']}")
+                     f"{r['fp32_diff']:>9.1e} {bf16} {compile_s}  {r['exact']}")
     return "\n".join(lines)
 
 

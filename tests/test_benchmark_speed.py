@@ -53,3 +53,13 @@ def test_reference_row_deeplabv3_matches_torchvision():
         pytest.skip("torchvision is not installed")
     (row,) = bench.against_references(["deeplabv3"], size=64, repeats=1)
     assert row["library"] == "torchvision" and max(row["diffs"].values()) < 1e-5
+
+
+def test_format_rows_by_hand():
+    row = {"model": "m", "gflops": 10.0, "eager_ms": 200.0, "exact_ms": 120.0,
+           "compile_ms": 100.0, "compile_s": 12.5, "best_ms": 100.0, "fp32_diff": 1e-7,
+           "bf16_ms": 60.0, "bf16_diff": 5e-3, "bf16_changed": 0.02, "exact": "fold"}
+    line = bench.format_rows([row], peak=200.0).splitlines()[-1].split()
+    # 10 GFLOPs in 0.1 s = 100 GFLOP/s = 50 % of 200; eager / best = 2x
+    assert line[:8] == ["m", "10.00", "200.0", "120.0", "100.0", "60.0", "2.00x", "50%"]
+    assert line[-3:] == ["2.0%", "12.5", "fold"]

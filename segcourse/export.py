@@ -21,7 +21,7 @@ What the graphs compute:
 - SAM (:func:`export_sam`): two graphs, the image encoder ``images [B, 3, S, S] -> embeddings``
   (once per image: S is fixed, B is dynamic) and the prompt decoder ``(embeddings, points [B, P,
   N, 2], point_labels [B, P, N]) -> (mask_logits, iou_scores)`` with dynamic B, P and N, which a
-  client runs per click.
+  client runs per click; optionally a third, the box decoder ``(embeddings, boxes [B, P, 4])``.
 
 **Exporter.** torch offers two: the TorchScript tracer (``dynamo=False``: deprecated, still in
 torch 2.13) and the ``torch.export``-based one (``dynamo=True``, the default since 2.9). We use
@@ -66,7 +66,7 @@ import torch.nn as nn
 from ._checks import check_count, check_number
 
 __all__ = ["export_onnx", "check_onnx", "run_onnx", "inference_session", "export_sam",
-           "SamEncoderGraph", "SamDecoderGraph"]
+           "SamEncoderGraph", "SamDecoderGraph", "SamBoxDecoderGraph"]
 
 DEFAULT_OPSET = 18  # >= 17 for LayerNormalization; 18 for Resize's antialias (EoMT)
 
@@ -251,6 +251,20 @@ class SamDecoderGraph(nn.Module):
         return out["mask_logits"], out["iou_scores"]
 
 
+class SamBoxDecoderGraph(nn.Module):
+    """SAM's prompt encoder + mask decoder for box prompts: ``(embeddings, boxes [B, P, 4])
+    -> (mask_logits, iou_scores)`` -- a labelling tool's first prompt is often a box."""
+
+    def __init__(self, sam: nn.Module, multimask_output: bool = False):
+        super().__init__()
+        self.sam = sam
+        self.multimask_output = bool(multimask_output)
+
+    def forward(self, embeddings, boxes):
+        out = self.sam.decode(embeddings, boxes=boxes, multimask_output=self.multimask_output)
+        return out["mask_logits"], out["iou_scores"]
+
+
 def _check_sam(sam) -> None:
     from .models.sam import Sam
     if not isinstance(sam, Sam):
@@ -259,15 +273,24 @@ def _check_sam(sam) -> None:
 
 
 def export_sam(sam: nn.Module, encoder_path, decoder_path, num_points: int = 1,
-               multimask_output: bool = True, opset: int = DEFAULT_OPSET) -> tuple[Path, Path]:
+               multimask_output: bool = True, opset: int = DEFAULT_OPSET,
+               box_decoder_path=None) -> tuple[Path, ...]:
     """Export SAM as two graphs: the image encoder (:class:`SamEncoderGraph`, dynamic batch;
     the image size is the config's) to ``encoder_path`` and the point-prompt decoder
     (:class:`SamDecoderGraph`: dynamic batch, prompts per image and points per prompt) to
     ``decoder_path``, traced on one image with one prompt of ``num_points`` points (labels 1).
-    Returns the two paths."""
+    With ``box_decoder_path`` also a third graph, the box-prompt decoder
+    (:class:`SamBoxDecoderGraph`, one mask per box as SAM's authors use boxes; dynamic batch
+    and boxes per image). Returns the two (or three) paths.
+
+    Prompts are in pixels of the encoder input (``models.sam.scale_prompts``); the decoder
+    graphs trust them (module docstring): check that points and boxes lie inside the image
+    before running them."""
     _check_sam(sam)
     encoder_path, decoder_path = _check_path(encoder_path, "encoder_path"), \
         _check_path(decoder_path, "decoder_path")
+    if box_decoder_path is not None:
+        box_decoder_path = _check_path(box_decoder_path, "box_decoder_path")
     num_points = check_count(num_points, "num_points")
     opset = _check_opset(opset)
     _require("onnx")
@@ -288,7 +311,15 @@ def export_sam(sam: nn.Module, encoder_path, decoder_path, num_points: int = 1,
                        {"embeddings": {0: "batch"}, "points": {**prompts, 2: "points"},
                         "point_labels": {**prompts, 2: "points"}, "mask_logits": prompts,
                         "iou_scores": prompts}, opset)
-    return encoder_path, decoder_path
+        if box_decoder_path is None:
+            return encoder_path, decoder_path
+        corner = torch.rand(1, 1, 2, dtype=dtype, device=device) * (S / 2)
+        boxes = torch.cat([corner, corner + S / 4], dim=-1)  # x1 y1 x2 y2, inside the image
+        _trace_to_onnx(SamBoxDecoderGraph(sam), (embeddings, boxes), box_decoder_path,
+                       ["embeddings", "boxes"], ["mask_logits", "iou_scores"],
+                       {"embeddings": {0: "batch"}, "boxes": prompts, "mask_logits": prompts,
+                        "iou_scores": prompts}, opset)
+    return encoder_path, decoder_path, box_decoder_path
 
 
 # --- Running and checking ------------------------------------------------------------------------

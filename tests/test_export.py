@@ -131,3 +131,26 @@ def test_inference_session_runs_numpy_without_torch(folder):
     (y,) = session.run(None, {"images": x})
     assert y.shape == (2, 2, 5, 7)
     assert np.allclose(y[:, 0], 6.0) and np.allclose(y[:, 1], -0.5)  # 1+2+3, -1+0.5
+
+
+def test_sam_box_decoder_graph(folder):
+    torch.manual_seed(0)
+    sam = models.build("sam").eval()
+    S = sam.config.encoder.image_size
+    paths = export.export_sam(sam, folder / "e.onnx", folder / "d.onnx",
+                              box_decoder_path=folder / "box.onnx")
+    assert len(paths) == 3 and paths[2].is_file()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        embeddings = sam.embed(torch.rand(2, 3, S, S, generator=g))
+    corner = torch.rand(2, 3, 2, generator=g) * (S / 2)          # 2 images x 3 boxes
+    boxes = torch.cat([corner, corner + torch.rand(2, 3, 2, generator=g) * (S / 2)], -1)
+    got = export.run_onnx(paths[2], (embeddings, boxes))
+    with torch.no_grad():
+        ref = sam.decode(embeddings, boxes=boxes, multimask_output=False)
+    assert got["mask_logits"].shape == tuple(ref["mask_logits"].shape)
+    assert ref["mask_logits"].shape[:3] == (2, 3, 1)                # one mask per box
+    for key in ("mask_logits", "iou_scores"):
+        torch.testing.assert_close(torch.from_numpy(got[key]), ref[key], atol=1e-4, rtol=0)
+    # without the box path: the two graphs, as before
+    assert len(export.export_sam(sam, folder / "e2.onnx", folder / "d2.onnx")) == 2

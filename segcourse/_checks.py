@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 __all__ = ["as_tensor", "check_count", "check_image_mask", "check_images", "check_labels",
-           "check_logits_and_target", "check_model_input", "check_same_shape", "check_size"]
+           "check_logits_and_target", "check_model_input", "check_rgb_image", "check_same_shape",
+           "check_size"]
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
@@ -82,6 +83,19 @@ def check_images(x: torch.Tensor, in_channels: int | None = None, min_size: int 
         cast = f" or model.{short[x.dtype]}()" if x.dtype in short else ""
         raise ValueError(f"{name} is {str(x.dtype).removeprefix('torch.')} but the model's "
                          f"parameters are {str(dtype).removeprefix('torch.')}: pass {fix}{cast}")
+
+
+def check_rgb_image(image, name: str = "image") -> None:
+    """Check one RGB image ``[3, H, W]``, floating point with values in [0, 1] -- what a
+    promptable model's user hands over (SAM normalises it itself)."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{name} must be a tensor [3, H, W] (one RGB image), got {got}")
+    if not image.is_floating_point():
+        raise ValueError(f"{name} must be floating point in [0, 1], got dtype {image.dtype}")
+    if image.numel() and (image.min() < 0 or image.max() > 1):
+        raise ValueError(f"{name} values must lie in [0, 1], got [{image.min().item():g}, "
+                         f"{image.max().item():g}] (pass the image before normalising)")
 
 
 def check_model_input(model: torch.nn.Module, x: torch.Tensor, min_size: int = 32,

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ._checks import check_count
+from ._checks import check_count, check_rgb_image
 from .models.sam import Sam, preprocess
 from .models.sam_training import mask_iou
 from .viz import (
@@ -175,14 +175,7 @@ class ClickSession:
     def __init__(self, model: Sam, image: torch.Tensor):
         if not isinstance(model, Sam):
             raise ValueError(f"model must be a segcourse Sam, got {type(model).__name__}")
-        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3 \
-                or not image.is_floating_point():
-            got = (f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor)
-                   else type(image).__name__)
-            raise ValueError(f"image must be a float tensor [3, H, W] in [0, 1], got {got}")
-        if image.numel() and (image.min() < 0 or image.max() > 1):
-            raise ValueError(f"image values must lie in [0, 1], got [{image.min().item():g}, "
-                             f"{image.max().item():g}]")
+        check_rgb_image(image)
         self.model, self.image = model, image
         self.size = tuple(image.shape[-2:])
         weight = model.mask_decoder.iou_token.weight

@@ -97,8 +97,10 @@ def test_session_refuses_clicks_outside(model, image, args, match):
 def test_session_refuses_bad_inputs(model, image):
     with pytest.raises(ValueError, match="model must be"):
         ClickSession(torch.nn.Identity(), image)
-    with pytest.raises(ValueError, match=r"image must be a float tensor \[3, H, W\]"):
+    with pytest.raises(ValueError, match=r"image must be a tensor \[3, H, W\]"):
         ClickSession(model, image[None])
+    with pytest.raises(ValueError, match="image must be floating point"):
+        ClickSession(model, (image * 255).long())
     with pytest.raises(ValueError, match=r"image values must lie in \[0, 1\]"):
         ClickSession(model, image * 255)
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_count, check_number
+from .._checks import check_count, check_number, check_rgb_image
 from ..ops import batched_nms, masks_to_boxes
 from .sam import Sam, preprocess
 
@@ -162,14 +162,7 @@ def generate_masks(model: Sam, image: torch.Tensor, points_per_side: int = 16,
     """
     if not isinstance(model, Sam):
         raise ValueError(f"model must be a segcourse Sam, got {type(model).__name__}")
-    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
-        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a tensor [3, H, W] (one RGB image), got {got}")
-    if not image.is_floating_point():
-        raise ValueError(f"image must be floating point in [0, 1], got dtype {image.dtype}")
-    if image.numel() and (image.min() < 0 or image.max() > 1):
-        raise ValueError(f"image values must lie in [0, 1], got [{image.min().item():g}, "
-                         f"{image.max().item():g}] (pass the image before normalising)")
+    check_rgb_image(image)
     n_side = check_count(points_per_side, "points_per_side")
     batch = check_count(points_per_batch, "points_per_batch")
     area = check_count(min_mask_region_area, "min_mask_region_area", minimum=0)

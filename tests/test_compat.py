@@ -64,7 +64,7 @@ def test_plan_commands(tmp_path):
     assert cmds["torch"][:4] == [venv_py, "-m", "pip", "install"]
     assert cmds["torch"][-1] == "torch==2.1.2" and "--index-url" not in cmds["torch"]
     assert cmds["numpy"][-1] == "numpy==1.26.4"
-    assert cmds["segcourse"][-2:] == ["-e", f"{compat.REPO}[test]"]
+    assert cmds["segcourse"][-2:] == ["-e", f"{compat.REPO}[test,deploy]"]
     # the unit tests exactly as the brief says, failures listed
     assert cmds["unit"][1:] == ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests"]
     assert not any("--upgrade" in c for c in cmds["segcourse"])

@@ -11,8 +11,9 @@ Steps, each in a scratch folder ``<scratch>/<tag>`` (by default
 1. ``python3.X -m venv``: the interpreter is ``--python-exe`` if given, else a pyenv build
    (``~/.pyenv/versions/3.X.*``), else ``python3.X`` on PATH;
 2. ``pip install torch==T`` (from ``--torch-index`` if given), then ``numpy==N``;
-3. ``pip install -e .[test]`` of this checkout under a constraints file that pins torch and numpy
-   (and ``--transformers`` if given), so nothing upgrades what step 2 chose. The constraints file
+3. ``pip install -e .[test,deploy]`` of this checkout under a constraints file that pins torch
+   and numpy (and ``--transformers`` if given), so nothing upgrades what step 2 chose. The
+   constraints file
    is passed as ``PIP_CONSTRAINT``, which also replaces a machine-wide pip constraint (a cap on
    torch) for this venv only;
 4. ``pytest -q -p no:cacheprovider tests`` and, with ``--notebooks``, ``pytest --nbval notebooks``,
@@ -131,7 +132,8 @@ def plan(args: argparse.Namespace, python: Path) -> list[tuple[str, list[str]]]:
         ("pip", pip + ["--upgrade", "pip"]),
         ("torch", torch),
         ("numpy", pip + [f"numpy=={args.numpy}"]),
-        ("segcourse", pip + ["-e", f"{args.repo}[test]"]),
+        # the extras `make test` installs: test, and deploy for chapter 12 (onnx, onnxruntime)
+        ("segcourse", pip + ["-e", f"{args.repo}[test,deploy]"]),
         ("versions", [vpy, "-c", VERSIONS_SNIPPET]),
         ("unit", [vpy, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests"] + extra),
     ]

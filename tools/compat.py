@@ -13,9 +13,8 @@ Steps, each in a scratch folder ``<scratch>/<tag>`` (by default
 2. ``pip install torch==T`` (from ``--torch-index`` if given), then ``numpy==N``;
 3. ``pip install -e .[test,deploy]`` of this checkout under a constraints file that pins torch
    and numpy (and ``--transformers`` if given), so nothing upgrades what step 2 chose. The
-   constraints file
-   is passed as ``PIP_CONSTRAINT``, which also replaces a machine-wide pip constraint (a cap on
-   torch) for this venv only;
+   constraints file is passed as ``PIP_CONSTRAINT``, which also replaces a machine-wide pip
+   constraint (a cap on torch) for this venv only;
 4. ``pytest -q -p no:cacheprovider tests`` and, with ``--notebooks``, ``pytest --nbval notebooks``,
    with ``OMP_NUM_THREADS=1`` unless the caller set it;
 5. one summary line (python, torch, numpy, transformers, passed/failed/errors, seconds), also

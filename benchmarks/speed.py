@@ -39,6 +39,7 @@ One run prints:
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -55,21 +56,10 @@ from references import REFERENCES  # noqa: E402
 
 from segcourse import models  # noqa: E402
 from segcourse.fuse import for_inference  # noqa: E402
-from segcourse.profiling import gflops  # noqa: E402
+from segcourse.profiling import gflops, median_ms  # noqa: E402
 
 CLASSIFIERS = models.list_models(models.CLASSIFIERS)
 STAGES = ("compile", "bf16", "reference")
-
-
-def median_ms(fn, x: torch.Tensor, repeats: int) -> float:
-    with torch.inference_mode():
-        fn(x)  # warm-up: allocations, kernel choice (and compilation)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def gemm_references(n: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -84,10 +74,10 @@ def gemm_references(n: int = 2048, repeats: int = 5) -> dict[str, float]:
         width = 64 if pixels % 64 == 0 else pixels
         x = torch.randn(1, c, pixels // width, width).contiguous(memory_format=torch.channels_last)
         weight = torch.randn(c, c, 1, 1).contiguous(memory_format=torch.channels_last)
-        ms = median_ms(lambda v, w=weight: F.conv2d(v, w), x, repeats)
+        ms = median_ms(lambda v, w=weight: F.conv2d(v, w), x, repeats=repeats)
         conv = max(conv, 2 * c * n * n / 1e9 / (ms / 1e3))
-    return {"torch.matmul": 2 * n ** 3 / 1e9 / (median_ms(lambda x: x @ b, a, repeats) / 1e3),
-            "1x1 conv (oneDNN)": conv}
+    matmul_ms = median_ms(lambda x: x @ b, a, repeats=repeats)
+    return {"torch.matmul": 2 * n ** 3 / 1e9 / (matmul_ms / 1e3), "1x1 conv (oneDNN)": conv}
 
 
 def _outputs(out):
@@ -111,11 +101,11 @@ def argmax_changed(expected, actual) -> float:
 
 def exact_variant(model, x: torch.Tensor, repeats: int):
     """The faster layout of ``for_inference(model)``: (how, module, input, ms)."""
-    fast = for_inference(model, x)
-    last = for_inference(model, x).to(memory_format=torch.channels_last)
+    fast = for_inference(model, x)  # traced and verified once; the layout is a copy
+    last = copy.deepcopy(fast).to(memory_format=torch.channels_last)
     xl = x.contiguous(memory_format=torch.channels_last)
-    timed = [("fold", fast, x, median_ms(fast, x, repeats)),
-             ("fold + channels_last", last, xl, median_ms(last, xl, repeats))]
+    timed = [("fold", fast, x, median_ms(fast, x, repeats=repeats)),
+             ("fold + channels_last", last, xl, median_ms(last, xl, repeats=repeats))]
     return min(timed, key=lambda t: t[3])
 
 
@@ -125,7 +115,7 @@ def measure(name: str, size: int, paper: bool, repeats: int, skip=(),
     model = models.build(name, num_classes=num_classes, paper=paper).eval()
     x = torch.randn(1, 3, size, size)
     row = {"model": name + ("*" if paper else ""), "gflops": gflops(model, (size, size)),
-           "eager_ms": median_ms(model, x, repeats)}
+           "eager_ms": median_ms(model, x, repeats=repeats)}
     how, fast, xi, row["exact_ms"] = exact_variant(model, x, repeats)
     row["exact"] = how
     with torch.inference_mode():
@@ -137,13 +127,13 @@ def measure(name: str, size: int, paper: bool, repeats: int, skip=(),
             out = compiled(xi)
             row["compile_s"] = time.perf_counter() - start
             row["fp32_diff"] = max(row["fp32_diff"], relative_difference(expected, out))
-            row["compile_ms"] = median_ms(compiled, xi, repeats)
+            row["compile_ms"] = median_ms(compiled, xi, repeats=repeats)
             torch._dynamo.reset()  # free the compiled graphs before the next model
         if "bf16" not in skip:
             def bf16(inp):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     return fast(inp)
-            row["bf16_ms"] = median_ms(bf16, xi, repeats)
+            row["bf16_ms"] = median_ms(bf16, xi, repeats=repeats)
             out = bf16(xi)
             row["bf16_diff"] = relative_difference(expected, out)
             row["bf16_changed"] = argmax_changed(expected, out)

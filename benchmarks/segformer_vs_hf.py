@@ -4,8 +4,9 @@
     python benchmarks/segformer_vs_hf.py --variant b2 --sizes 512 --runs 5
 
 Both models are built with random weights (nothing is downloaded); segcourse's is loaded from
-HF's through ``convert_hf_state_dict``, and the script checks that they agree before timing
-them; "segcourse fold" is the same model with the exact folded decoder (``decoder.fold``).
+HF's through ``convert_hf_state_dict`` (``benchmarks/references.py``: the pair speed.py races),
+and the script checks that they agree before timing them; "segcourse fold" is the same model
+with the exact folded decoder (``decoder.fold``).
 All stop at HF's output (logits at 1/4 resolution, before the final upsampling). The
 table shows the median and the fastest of ``--runs`` forward passes after one warm-up, in
 milliseconds, with ``torch.inference_mode``; the implementations alternate run by run, and "vs HF"
@@ -15,12 +16,19 @@ is the ratio of medians.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from segcourse.models.segformer import VARIANTS, SegFormer, convert_hf_state_dict
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from references import segformer_reference  # noqa: E402
+
+from segcourse.models.segformer import VARIANTS  # noqa: E402
 
 
 def time_ms(impls: dict, x: torch.Tensor, runs: int) -> dict[str, list[float]]:
@@ -49,21 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    v = VARIANTS[args.variant]
-    config = SegformerConfig(hidden_sizes=list(v.hidden_sizes), depths=list(v.depths),
-                             num_attention_heads=list(v.num_heads), sr_ratios=list(v.sr_ratios),
-                             decoder_hidden_size=v.decoder_width, num_labels=150)
-    torch.manual_seed(0)
-    hf = SegformerForSemanticSegmentation(config).eval()
-    ours = SegFormer(150, variant=args.variant).eval()
-    ours.load_state_dict(convert_hf_state_dict(hf.state_dict()))
-    folded = SegFormer(150, variant=args.variant).eval()
-    folded.load_state_dict(ours.state_dict())
+    ours, hf, _ = segformer_reference(150, args.variant)  # HF's weights in ours
+    folded = copy.deepcopy(ours)
     folded.decoder.fold = True  # the exact folded decoder (models.segformer.AllMLPDecoder)
     impls = {"segcourse": ours.forward_quarter, "segcourse fold": folded.forward_quarter,
-             "transformers": lambda x: hf(pixel_values=x).logits}
+             "transformers": hf}
 
     print(f"SegFormer-{args.variant.upper()}, 150 classes, batch {args.batch}, "
           f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, "

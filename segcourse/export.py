@@ -324,7 +324,10 @@ def export_sam(sam: nn.Module, encoder_path, decoder_path, num_points: int = 1,
 
 # --- Running and checking ------------------------------------------------------------------------
 
-def _session(path):
+def inference_session(path):
+    """An onnxruntime CPU ``InferenceSession`` for the graph at ``path``, with as many threads
+    as PyTorch uses (so a latency comparison runs both on the same cores). Run it with
+    ``session.run(None, {"images": array})``: NumPy in, a list of NumPy arrays out."""
     ort = _require("onnxruntime")
     path = _check_path(path)
     if not path.is_file():
@@ -334,17 +337,10 @@ def _session(path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def inference_session(path):
-    """An onnxruntime CPU ``InferenceSession`` for the graph at ``path``, with as many threads
-    as PyTorch uses (so a latency comparison runs both on the same cores). Run it with
-    ``session.run(None, {"images": array})``: NumPy in, a list of NumPy arrays out."""
-    return _session(path)
-
-
 def run_onnx(path, inputs) -> dict:
     """Run the ONNX graph at ``path`` with onnxruntime on the CPU: ``inputs`` (a tensor or
     NumPy array, or a tuple of them in the graph's input order) -> ``{output name: array}``."""
-    return _run(_session(path), inputs)
+    return _run(inference_session(path), inputs)
 
 
 def _run(session, inputs) -> dict:
@@ -380,7 +376,7 @@ def check_onnx(model: nn.Module, path, inputs, atol: float = 1e-4) -> float:
         _check_tensor(x, f"inputs[{i}]", dims=None, floating=False)
     if len(inputs) == 1:
         _check_tensor(inputs[0], "inputs", floating=True)
-    session = _session(path)
+    session = inference_session(path)
     got = _run(session, inputs)
     seen = session.get_modelmeta().custom_metadata_map.get(_EXAMPLE_KEY)
     if seen == repr([tuple(x.shape) for x in inputs]):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 import warnings
 
 import torch
@@ -96,6 +97,22 @@ def deeplabv3_reference(num_classes: int = 21, depth: int = 101):
                         output_stride=8).eval()
     ours.load_state_dict(tv.state_dict())  # the same names, strict
     return ours, (lambda x: tv(x)["out"]), (lambda m, x: m(x))
+
+
+def time_in_turns(impls: dict, x: torch.Tensor, runs: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each callable on ``x``, after one warm-up each; the
+    implementations take turns run by run, so a busy machine slows all alike instead of
+    whichever happened to run during the busy spell."""
+    times = {name: [] for name in impls}
+    with torch.inference_mode():
+        for fn in impls.values():
+            fn(x)  # warm-up: allocations, kernel selection
+        for _ in range(runs):
+            for name, fn in impls.items():
+                start = time.perf_counter()
+                fn(x)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 REFERENCES = {"segformer": ("HF transformers", segformer_reference),

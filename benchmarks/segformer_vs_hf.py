@@ -19,31 +19,15 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from references import segformer_reference  # noqa: E402
+from references import segformer_reference, time_in_turns  # noqa: E402
 
 from segcourse.models.segformer import VARIANTS  # noqa: E402
-
-
-def time_ms(impls: dict, x: torch.Tensor, runs: int) -> dict[str, list[float]]:
-    """Milliseconds per forward pass; the implementations take turns, so a busy machine
-    slows both alike instead of whichever happened to run during the busy spell."""
-    times = {name: [] for name in impls}
-    with torch.inference_mode():
-        for fn in impls.values():
-            fn(x)  # warm-up: allocations, kernel selection
-        for _ in range(runs):
-            for name, fn in impls.items():
-                start = time.perf_counter()
-                fn(x)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         with torch.inference_mode():
             reference = impls["transformers"](x)
             diffs = {name: (fn(x) - reference).abs().max().item() for name, fn in impls.items()}
-        times = time_ms(impls, x, args.runs)
+        times = time_in_turns(impls, x, args.runs)
         hf_median = statistics.median(times["transformers"])
         for name, t in times.items():
             print(f"{size:>4}x{size:<4}  {name:<14} {statistics.median(t):>10.1f} "

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from references import REFERENCES  # noqa: E402
+from references import REFERENCES, time_in_turns  # noqa: E402
 
 from segcourse import models  # noqa: E402
 from segcourse.fuse import for_inference  # noqa: E402
@@ -162,20 +162,6 @@ def format_rows(rows: list[dict], peak: float) -> str:
     return "\n".join(lines)
 
 
-def time_alternating(fns: dict, x: torch.Tensor, runs: int) -> dict[str, float]:
-    """Median ms per call; the callables take turns run by run."""
-    times = {name: [] for name in fns}
-    with torch.inference_mode():
-        for fn in fns.values():
-            fn(x)
-        for _ in range(runs):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn(x)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def _in_layout(output, model, layout, x):
     return output(model, x.contiguous(memory_format=layout))
 
@@ -198,9 +184,10 @@ def against_references(names, size: int, repeats: int) -> list[dict]:
             scale = expected.abs().max().item()
         # the exact model is timed from the NCHW image, its layout change included
         layout = torch.channels_last if xi is not x else torch.contiguous_format
-        t = time_alternating({"reference": reference,
-                              "eager": partial(output, ours),
-                              "exact": partial(_in_layout, output, fast, layout)}, x, repeats)
+        times = time_in_turns({"reference": reference,
+                               "eager": partial(output, ours),
+                               "exact": partial(_in_layout, output, fast, layout)}, x, repeats)
+        t = {name: statistics.median(v) for name, v in times.items()}
         rows.append({"model": name, "library": library, "scale": scale, "diffs": diffs,
                      "ms": t, "exact": how})
     return rows
